@@ -1,0 +1,106 @@
+"""The click group, its shared options and the one place where errors are formatted.
+
+Commands live in the modules beside this one, one module per area; each command parses its
+arguments, makes one library call and prints the result through :func:`emit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from registry import errors
+
+
+@dataclasses.dataclass
+class AppContext:
+    """What every command can read from ``click.get_current_context().obj``."""
+
+    db: str | None = None
+    json: bool = False
+    debug: bool = False
+
+
+pass_app = click.make_pass_decorator(AppContext, ensure=True)
+
+
+def json_default(value: Any) -> Any:
+    """Make dataclasses, paths and datetimes JSON-ready."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def emit(app: AppContext, data: Any, render: Callable[[], None]) -> None:
+    """Print ``data`` as JSON under ``--json``; otherwise call ``render`` to print it for people."""
+    if app.json:
+        click.echo(json.dumps(data, default=json_default, indent=2, sort_keys=True))
+    else:
+        render()
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json`` accepted after the subcommand too (``spr show x --json``)."""
+
+    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(AppContext).json = True
+
+    return click.option(
+        "--json", "json_", is_flag=True, expose_value=False, callback=callback,
+        is_eager=True, help="Print machine-readable JSON to stdout.",
+    )(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "db", metavar="URL", envvar=None, help="Catalogue URL (default: $SPR_DATABASE_URL, else a SQLite file in $SPR_HOME).")
+@click.option("--json", "json_", is_flag=True, help="Print machine-readable JSON to stdout.")
+@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+@click.version_option(package_name="softprompt-registry", prog_name="spr")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, json_: bool, debug: bool) -> None:
+    """spr: a registry for trained soft prompts (PEFT prompt tuning, p-tuning, prefix tuning, LoRA)."""
+    app = ctx.ensure_object(AppContext)
+    app.db = db
+    app.json = app.json or json_
+    app.debug = debug
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and turn registry errors into one line on stderr and an exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="spr", standalone_mode=False)
+    except errors.RegistryError as exc:
+        if debug:
+            raise
+        if as_json:
+            click.echo(json.dumps(exc.to_dict(), default=json_default, sort_keys=True))
+        click.secho(f"error: {exc}", fg="red", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return errors.EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was written", err=True)
+        return errors.EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0

@@ -1,0 +1,5 @@
+"""demo_cmd commands."""
+
+from __future__ import annotations
+
+from registry.cli.app import cli  # noqa: F401

@@ -1,0 +1,1 @@
+"""Fixtures that build tiny base models and adapters with real transformers and PEFT."""
