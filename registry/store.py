@@ -1,0 +1,186 @@
+"""Content-addressed blob store: ``$SPR_HOME/blobs/sha256/ab/abcdef…``.
+
+Bytes are streamed into a temporary file in the same folder while hashed, fsynced, and renamed
+into place only when complete, so a crash never leaves a partial blob under a real name.
+Leftover ``.tmp-*`` files from a killed process are invisible to readers and removed by ``spr gc``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from registry import settings
+from registry.digest import CHUNK, ProgressCallback, sha256_file
+from registry.errors import DigestMismatchError, NotFoundError
+
+TMP_PREFIX = ".tmp-"
+
+
+class BlobStore:
+    """A folder of immutable blobs named by their sha256."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else settings.blobs_dir()
+
+    def path(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def put_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
+        """Copy ``source`` into the store, hashing on the way. Returns ``(sha256, size)``.
+
+        One read of the source: the bytes are hashed while written to a temp file, which is then
+        renamed to its digest. If the blob already exists the temp file is dropped.
+        """
+        shard_tmp = self.root / "sha256"
+        shard_tmp.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=shard_tmp)
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.sha256()
+            size = 0
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            with open(source, "rb", buffering=0) as src, os.fdopen(fd, "wb", buffering=0) as dst:
+                while True:
+                    n = src.readinto(buf)
+                    if not n:
+                        break
+                    h.update(view[:n])
+                    dst.write(view[:n])
+                    size += n
+                    if progress is not None:
+                        progress(n)
+                os.fsync(dst.fileno())
+            digest = h.hexdigest()
+            self._install(tmp, digest)
+            return digest, size
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data``; returns its sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        if self.has(digest):
+            return digest
+        shard_tmp = self.root / "sha256"
+        shard_tmp.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=shard_tmp)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                dst.write(data)
+                dst.flush()
+                os.fsync(dst.fileno())
+            self._install(tmp, digest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return digest
+
+    def _install(self, tmp: Path, digest: str) -> None:
+        final = self.path(digest)
+        if final.is_file():
+            tmp.unlink(missing_ok=True)
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+    def open(self, sha256: str) -> Path:
+        """The path of an existing blob; raise :class:`NotFoundError` if it is missing."""
+        p = self.path(sha256)
+        if not p.is_file():
+            raise NotFoundError(
+                f"blob sha256:{sha256} is missing from the blob store {self.root}",
+                hint="run 'spr audit' to list every missing blob; restore from a backup or re-publish",
+                sha256=sha256,
+            )
+        return p
+
+    def verify(self, sha256: str, progress: ProgressCallback | None = None) -> None:
+        """Re-hash a blob; raise :class:`DigestMismatchError` when its bytes changed."""
+        actual, _ = sha256_file(self.open(sha256), progress)
+        if actual != sha256:
+            raise DigestMismatchError(
+                f"blob sha256:{sha256} was changed on disk (its bytes now hash to sha256:{actual})",
+                hint="run 'spr audit'; restore the blob from a backup or re-publish the adapter",
+                expected=sha256,
+                found=actual,
+            )
+
+    def export(self, sha256: str, destination: Path, progress: ProgressCallback | None = None) -> None:
+        """Copy a blob to ``destination`` atomically, verifying its sha256 on the way out."""
+        source = self.open(sha256)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=destination.parent)
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.sha256()
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+                dst.flush()
+                os.fsync(dst.fileno())
+            if h.hexdigest() != sha256:
+                raise DigestMismatchError(
+                    f"blob sha256:{sha256} was changed on disk (its bytes now hash to sha256:{h.hexdigest()}); "
+                    f"refusing to export it to {destination}",
+                    hint="run 'spr audit'; restore the blob from a backup or re-publish the adapter",
+                    expected=sha256,
+                    found=h.hexdigest(),
+                )
+            os.replace(tmp, destination)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
+        """Every complete blob as ``(sha256, path)``; temp files are skipped."""
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for shard in sorted(base.iterdir()):
+            if not shard.is_dir():
+                continue
+            for blob in sorted(shard.iterdir()):
+                if not blob.name.startswith(TMP_PREFIX):
+                    yield blob.name, blob
+
+    def iter_temp_files(self) -> Iterator[Path]:
+        """Leftovers of interrupted writes."""
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for p in base.rglob(f"{TMP_PREFIX}*"):
+            yield p
+
+    def remove(self, sha256: str) -> None:
+        p = self.path(sha256)
+        if p.exists():
+            os.chmod(p, 0o644)
+            p.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
