@@ -162,6 +162,7 @@ class VersionInfo:
     hub_copies: tuple[HubCopy, ...]
     created_by: str
     created_at: datetime
+    manifest: dict[str, Any]
 
     @property
     def ref(self) -> str:
