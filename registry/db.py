@@ -287,3 +287,21 @@ def _translate(exc: BaseException) -> DatabaseError:
         f"the catalogue database failed: {type(orig).__name__}: {str(orig).splitlines()[0][:300]}",
         hint="check that the database is reachable and that --db / SPR_DATABASE_URL is right",
     )
+
+
+def upgrade_url(url: str | None = None) -> str | None:
+    """``spr db upgrade``: migrate the catalogue at ``url`` to the newest schema."""
+    engine = open_unchecked(url)
+    found = current_revision(engine)
+    if found is not None and found not in known_revisions():
+        ensure_schema(engine, auto_upgrade=False)  # raises: newer than the code
+    revision = upgrade(engine)
+    _checked.add(settings.database_url(url))
+    return revision
+
+
+def revision_status(url: str | None = None) -> tuple[str | None, str]:
+    """``spr db current``: (revision in the database, newest revision this code knows)."""
+    from registry.migrations import HEAD
+
+    return current_revision(open_unchecked(url)), HEAD

@@ -1,0 +1,52 @@
+"""Rendering for people: tables, trees and progress bars on stderr (data goes to stdout)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from rich.console import Console
+
+from registry.digest import ProgressCallback
+
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # smaller jobs finish before a bar is worth drawing
+
+
+def stdout() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped output is read by scripts and grep: never fold a row into two lines.
+        console = Console(highlight=False, width=240)
+    return console
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def short_digest(digest: str | None, n: int = 12) -> str:
+    if not digest:
+        return "-"
+    return digest.replace("sha256:", "")[:n]
+
+
+def when(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@contextmanager
+def hashing_progress(total_bytes: int, description: str) -> Iterator[ProgressCallback | None]:
+    """A progress bar on stderr for hashing ``total_bytes``, or None when small or not a terminal."""
+    console = stderr()
+    if total_bytes < PROGRESS_MIN_BYTES or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total_bytes)
+        yield lambda n: bar.advance(task, n)
