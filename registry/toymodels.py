@@ -417,6 +417,7 @@ def _model_config(
     vocab_size: int,
     special_ids: Mapping[str, int],
     init_range: float | None = None,
+    num_kv_heads: int | None = None,
 ) -> Any:
     """Build a transformers config for ``arch`` with the given shape and special token ids."""
     scale = _INIT_RANGE[arch] if init_range is None else init_range
@@ -460,7 +461,7 @@ def _model_config(
             intermediate_size=hidden_size * 2,
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
-            num_key_value_heads=num_heads,
+            num_key_value_heads=num_kv_heads or num_heads,
             max_position_embeddings=256,
             tie_word_embeddings=True,
             initializer_range=scale,
@@ -514,6 +515,7 @@ def make_base_model(
     seed: int = 0,
     tokenizer_dir: str | os.PathLike[str] | None = None,
     init_range: float | None = None,
+    num_kv_heads: int | None = None,
 ) -> Path:
     """Build a tiny base model with seeded random weights and save it with its tokenizer.
 
@@ -525,7 +527,9 @@ def make_base_model(
     values, which is what embedding-fingerprint tests need. ``init_range`` is the init scale
     (``initializer_range``, or ``initializer_factor`` for t5); the default is a per-architecture
     value larger than the library's 0.02, so that the untrained model's output depends on its
-    context and different soft prompts give different greedy generations.
+    context and different soft prompts give different greedy generations. ``num_kv_heads``
+    (llama only) makes a grouped-query-attention model; PEFT sizes prefix-tuning tensors by the
+    key/value heads, not the width, on such models.
 
     The tokenizer is copied from ``tokenizer_dir`` when given, else trained with
     :func:`train_tokenizer` on :data:`DEMO_SENTENCES`. ``vocab_size`` defaults to the tokenizer's
@@ -548,6 +552,11 @@ def make_base_model(
         raise UsageError(
             f"hidden_size {hidden_size} must be a positive multiple of num_heads {num_heads}",
             hint="e.g. hidden_size=64, num_heads=4",
+        )
+    if num_kv_heads is not None and (arch != "llama" or num_kv_heads <= 0 or num_heads % num_kv_heads):
+        raise UsageError(
+            f"num_kv_heads={num_kv_heads} needs arch='llama' and must divide num_heads {num_heads}",
+            hint="e.g. arch='llama', num_heads=4, num_kv_heads=2",
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -574,6 +583,7 @@ def make_base_model(
         num_heads=num_heads,
         vocab_size=vocab_size,
         init_range=init_range,
+        num_kv_heads=num_kv_heads,
         special_ids={
             "pad": tokenizer.pad_token_id,
             "bos": tokenizer.bos_token_id,
@@ -687,7 +697,7 @@ def _peft_config(
             task_type=task_type,
             num_virtual_tokens=num_virtual_tokens,
             prefix_projection=prefix_projection,
-            encoder_hidden_size=encoder_hidden_size or 64,
+            encoder_hidden_size=encoder_hidden_size,
             base_model_name_or_path=base,
         )
     if peft_type == "LORA":
