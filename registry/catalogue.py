@@ -162,6 +162,9 @@ class PublishOptions:
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     author: str | None = None
+    # False for adapters catalogued from outside (``spr import`` of a plain PEFT repo): their
+    # base model and data are what the adapter claims, not what the registry saw.
+    lineage_verified: bool = True
 
 
 def publish(
@@ -205,7 +208,7 @@ def publish(
         description=options.description,
         tags=options.tags,
         evals=options.evals,
-        lineage_verified=True,
+        lineage_verified=options.lineage_verified,
         action="publish",
     )
 
