@@ -14,7 +14,7 @@ from registry.cli import (  # noqa: F401  (importing registers the commands)
 )
 from registry.cli.app import cli, run
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "run"]
 
 
 def main() -> None:
