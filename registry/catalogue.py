@@ -15,17 +15,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from registry import adapter as adapter_reader
-from registry import basemodel, manifest as manifests, settings
+from registry import manifest as manifests
+from registry import settings
 from registry.dataset import dataset_from_digest, describe_dataset
 from registry.db import session_scope, write_with_retry
 from registry.digest import PREFIX, ProgressCallback, canonical_json, json_digest, parse_digest, sha256_bytes
@@ -269,6 +270,9 @@ def import_manifest(
 
 
 def _base_model_info(facts: AdapterFacts, options: PublishOptions) -> BaseModelInfo | None:
+    # Imported here: identifying a base model reads weights headers (numpy); reads don't need it.
+    from registry import basemodel
+
     if options.base_model_info is not None:
         return options.base_model_info
     if options.base_model:

@@ -16,8 +16,10 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from registry.errors import InvalidAdapterError
 
@@ -32,10 +34,11 @@ ITEMSIZE = {
     "I64": 8, "U64": 8, "F64": 8,
 }
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
+# numpy dtype strings (little-endian); numpy itself is imported only when values are read,
+# so metadata commands start fast.
 _NUMPY = {
-    "F16": np.float16, "F32": np.float32, "F64": np.float64,
-    "I8": np.int8, "U8": np.uint8, "I16": np.int16, "U16": np.uint16,
-    "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "BOOL": np.bool_,
+    "F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "U8": "u1", "I16": "<i2", "U16": "<u2",
+    "I32": "<i4", "U32": "<u4", "I64": "<i8", "U64": "<u8", "BOOL": "?",
 }
 
 
@@ -163,12 +166,14 @@ def read_header(path: Path, where: str | None = None) -> SafetensorsHeader:
 
 def read_tensor(path: Path, info: TensorInfo) -> np.ndarray:
     """Read one tensor as a numpy array (BF16 comes back as its raw uint16 bits; F8 as uint8)."""
+    import numpy as np
+
     if info.dtype == "BF16":
         dtype = np.dtype("<u2")
     elif info.dtype.startswith("F8"):
         dtype = np.dtype("u1")
     else:
-        dtype = np.dtype(_NUMPY[info.dtype]).newbyteorder("<")
+        dtype = np.dtype(_NUMPY[info.dtype])
     with open(path, "rb") as f:
         f.seek(info.begin)
         raw = f.read(info.nbytes)
@@ -202,6 +207,8 @@ def count_non_finite(path: Path, info: TensorInfo, chunk_elems: int = 1 << 22) -
 
 
 def _non_finite_in(raw: bytes, dtype: str) -> int:
+    import numpy as np
+
     if dtype == "BF16":
         bits = np.frombuffer(raw, dtype="<u2")
         return int(np.count_nonzero((bits & 0x7F80) == 0x7F80))
@@ -211,5 +218,5 @@ def _non_finite_in(raw: bytes, dtype: str) -> int:
     if dtype == "F8_E4M3":
         bits = np.frombuffer(raw, dtype="u1")
         return int(np.count_nonzero((bits & 0x7F) == 0x7F))  # E4M3 has NaN only
-    arr = np.frombuffer(raw, dtype=np.dtype(_NUMPY[dtype]).newbyteorder("<"))
+    arr = np.frombuffer(raw, dtype=np.dtype(_NUMPY[dtype]))
     return int(arr.size - np.count_nonzero(np.isfinite(arr)))
