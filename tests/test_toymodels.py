@@ -23,6 +23,7 @@ from model_fixtures import (
     write_raw_safetensors,
     write_safetensors,
 )
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from registry import toymodels
@@ -361,5 +362,19 @@ def test_write_raw_safetensors(tmp_path: Path, prompt_tuning_random: Path) -> No
     assert load_file(str(rebuilt)).keys() == load_file(str(original)).keys()
     header["prompt_embeddings"]["data_offsets"][1] += 4096
     past_end = write_raw_safetensors(tmp_path / "past.safetensors", header, safetensors_data(original))
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError):
         load_file(str(past_end))
+
+
+def test_pretraining_the_base_is_real_and_seeded(tmp_path: Path, tiny_bloom: Path, tiny_tokenizer: Path) -> None:
+    texts = toymodels.PRETRAIN_SENTENCES[:16]
+    a = toymodels.make_base_model(tmp_path / "a", tokenizer_dir=tiny_tokenizer, pretrain_steps=5, pretrain_texts=texts)
+    b = toymodels.make_base_model(tmp_path / "b", tokenizer_dir=tiny_tokenizer, pretrain_steps=5, pretrain_texts=texts)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert toymodels.eval_loss(a, None, texts) < toymodels.eval_loss(tiny_bloom, None, texts) - 1.0
+    held_out = set(toymodels.coach_split()[1]) | set(toymodels.quotes_split()[1])
+    assert not held_out & set(toymodels.PRETRAIN_SENTENCES)
+
+
+def test_generate_from_an_empty_prompt(tiny_bloom: Path, prompt_tuning_random: Path) -> None:
+    assert isinstance(toymodels.generate(tiny_bloom, prompt_tuning_random, "", max_new_tokens=3), str)
