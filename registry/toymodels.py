@@ -69,6 +69,8 @@ __all__ = [
     "quotes_split",
     "write_demo_datasets",
     "train_tokenizer",
+    "load_tokenizer",
+    "load_model",
     "make_base_model",
     "make_adapter",
     "eval_loss",
@@ -276,6 +278,29 @@ def _jsonl(records: Iterable[Mapping[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 
 
+@contextlib.contextmanager
+def _staged_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp folder next to ``out_dir``; on success move its files into ``out_dir``.
+
+    Each file lands with ``os.replace`` (atomic per file), so a failure half-way (bad argument
+    found late, interrupted training, a library error) leaves ``out_dir`` untouched: no
+    half-written model or adapter that a later step might pick up.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        out.mkdir(exist_ok=True)
+        for item in sorted(tmp.iterdir()):
+            if item.is_file():
+                with open(item, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_demo_datasets(directory: str | os.PathLike[str]) -> dict[str, Path]:
     """Write the demo datasets as JSONL files into ``directory`` (created if missing).
 
@@ -401,13 +426,19 @@ def train_tokenizer(
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **SPECIAL_TOKENS)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out))
-    return out
+    with _staged_dir(out_dir) as tmp:
+        fast.save_pretrained(str(tmp))
+    return Path(out_dir)
 
 
-def _load_tokenizer(path: str | os.PathLike[str]) -> Any:
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """Load the tokenizer saved in ``path`` (a tokenizer or base-model folder) with ``AutoTokenizer``.
+
+    Returns a transformers fast tokenizer. Raises whatever transformers raises for a folder
+    without tokenizer files (``OSError``/``ValueError``), and :class:`DependencyMissingError`
+    without the ``[ml]`` extra.
+    """
+    _require_ml()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
@@ -555,9 +586,12 @@ def make_base_model(
     ``generation_config.json``, ``model.safetensors`` (fp32, tied embeddings stored once) and the
     tokenizer files; it is created if missing. Returns ``out_dir`` as a ``Path``.
 
+    Files are built in a temp folder and moved into ``out_dir`` only on success.
+
     Raises :class:`UsageError` for an unknown architecture, a width not divisible by the number
-    of heads, or a vocabulary smaller than the tokenizer's; :class:`DependencyMissingError`
-    without the ``[ml]`` extra.
+    of heads, a vocabulary smaller than the tokenizer's, a ``tokenizer_dir`` without
+    ``tokenizer.json`` or a bad ``num_kv_heads``; :class:`DependencyMissingError` without the
+    ``[ml]`` extra.
     """
     _require_ml()
     import torch
@@ -576,62 +610,65 @@ def make_base_model(
             f"num_kv_heads={num_kv_heads} needs arch='llama' and must divide num_heads {num_heads}",
             hint="e.g. arch='llama', num_heads=4, num_kv_heads=2",
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is None:
-        train_tokenizer(out)
-    else:
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            src = Path(tokenizer_dir) / name
-            if src.is_file():
-                shutil.copyfile(src, out / name)
-    tokenizer = _load_tokenizer(out)
-    n_tokens = len(tokenizer)
-    if vocab_size is None:
-        vocab_size = n_tokens
-    if vocab_size < n_tokens:
-        raise UsageError(
-            f"vocab_size {vocab_size} is smaller than the tokenizer's {n_tokens} tokens",
-            hint=f"use vocab_size >= {n_tokens} or leave it unset",
-        )
-    config = _model_config(
-        arch,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        vocab_size=vocab_size,
-        init_range=init_range,
-        num_kv_heads=num_kv_heads,
-        special_ids={
-            "pad": tokenizer.pad_token_id,
-            "bos": tokenizer.bos_token_id,
-            "eos": tokenizer.eos_token_id,
-        },
-    )
     if pretrain_steps < 0:
         raise UsageError(f"pretrain_steps must be >= 0, got {pretrain_steps}", hint="e.g. pretrain_steps=200")
-    torch.manual_seed(seed)
-    model = _model_class(arch)(config)
-    if pretrain_steps:
-        texts = PRETRAIN_SENTENCES if pretrain_texts is None else pretrain_texts
-        encoded = _encode_examples(texts, tokenizer, seq2seq=arch == "t5", max_length=128)
-        with _quiet():
-            _train(
-                model,
-                encoded,
-                pad_id=tokenizer.pad_token_id,
-                seq2seq=arch == "t5",
-                steps=pretrain_steps,
-                lr=3e-3,
-                batch_size=16,
-                seed=seed,
+    if tokenizer_dir is not None and not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise UsageError(
+            f"{tokenizer_dir} has no tokenizer.json", hint="make one with registry.toymodels.train_tokenizer"
+        )
+    with _staged_dir(out_dir) as tmp:
+        if tokenizer_dir is None:
+            train_tokenizer(tmp)
+        else:
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                src = Path(tokenizer_dir) / name
+                if src.is_file():
+                    shutil.copyfile(src, tmp / name)
+        tokenizer = load_tokenizer(tmp)
+        n_tokens = len(tokenizer)
+        if vocab_size is None:
+            vocab_size = n_tokens
+        if vocab_size < n_tokens:
+            raise UsageError(
+                f"vocab_size {vocab_size} is smaller than the tokenizer's {n_tokens} tokens",
+                hint=f"use vocab_size >= {n_tokens} or leave it unset",
             )
-    model.eval()
-    with _quiet():
-        model.save_pretrained(str(out))
-    if not (out / "model.safetensors").is_file():  # pragma: no cover - transformers changed
-        raise InvalidBaseModelError(f"transformers did not write {out / 'model.safetensors'}")
-    return out
+        config = _model_config(
+            arch,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            vocab_size=vocab_size,
+            init_range=init_range,
+            num_kv_heads=num_kv_heads,
+            special_ids={
+                "pad": tokenizer.pad_token_id,
+                "bos": tokenizer.bos_token_id,
+                "eos": tokenizer.eos_token_id,
+            },
+        )
+        torch.manual_seed(seed)
+        model = _model_class(arch)(config)
+        if pretrain_steps:
+            texts = PRETRAIN_SENTENCES if pretrain_texts is None else pretrain_texts
+            encoded = _encode_examples(texts, tokenizer, seq2seq=arch == "t5", max_length=128)
+            with _quiet():
+                _train(
+                    model,
+                    encoded,
+                    pad_id=tokenizer.pad_token_id,
+                    seq2seq=arch == "t5",
+                    steps=pretrain_steps,
+                    lr=3e-3,
+                    batch_size=16,
+                    seed=seed,
+                )
+        model.eval()
+        with _quiet():
+            model.save_pretrained(str(tmp))
+        if not (tmp / "model.safetensors").is_file():  # pragma: no cover - transformers changed
+            raise InvalidBaseModelError("transformers did not write model.safetensors")
+    return Path(out_dir)
 
 
 def _arch_of(base_dir: Path) -> str:
@@ -914,11 +951,11 @@ def make_adapter(
         )
     if task_type is None:
         task_type = "SEQ_2_SEQ_LM" if arch == "t5" else "CAUSAL_LM"
-    tokenizer = _load_tokenizer(base)
+    tokenizer = load_tokenizer(base)
     config = _peft_config(
         peft_type,
         arch=arch,
-        base_dir=base_dir if isinstance(base_dir, Path) else Path(base_dir),
+        base_dir=base,
         task_type=task_type,
         num_virtual_tokens=num_virtual_tokens,
         init=init,
@@ -951,13 +988,11 @@ def make_adapter(
                 batch_size=batch_size,
                 seed=seed,
             )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with _quiet():
-        peft_model.save_pretrained(str(out))
-    if not (out / "adapter_model.safetensors").is_file():  # pragma: no cover - PEFT changed
-        raise InvalidAdapterError(f"PEFT did not write {out / 'adapter_model.safetensors'}")
-    return out
+    with _staged_dir(out_dir) as tmp, _quiet():
+        peft_model.save_pretrained(str(tmp))
+        if not (tmp / "adapter_model.safetensors").is_file():  # pragma: no cover - PEFT changed
+            raise InvalidAdapterError("PEFT did not write adapter_model.safetensors")
+    return Path(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,7 +1000,16 @@ def make_adapter(
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_with_adapter(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLike[str] | None) -> Any:
+def load_model(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Load a toy base model in eval mode, with ``adapter_dir`` attached when given.
+
+    The adapter is loaded the ordinary way, ``PeftModel.from_pretrained(base, adapter_dir,
+    is_trainable=False)``, with no checks at all: this is PEFT's own path, the one the
+    registry's verified loading is compared against. Returns the transformers model or the
+    ``PeftModel``. Raises :class:`InvalidBaseModelError` if ``base_dir`` is not a toy base
+    model, and whatever PEFT raises for an adapter it cannot load.
+    """
+    _require_ml()
     base = Path(base_dir)
     model = _load_base(base)
     if adapter_dir is None:
@@ -1002,9 +1046,9 @@ def eval_loss(
 
     base = Path(base_dir)
     seq2seq = _arch_of(base) == "t5"
-    tokenizer = _load_tokenizer(base)
+    tokenizer = load_tokenizer(base)
     encoded = _encode_examples(texts, tokenizer, seq2seq=seq2seq, max_length=max_length)
-    model = _load_with_adapter(base, adapter_dir)
+    model = load_model(base, adapter_dir)
     total, count = 0.0, 0
     with torch.no_grad(), _quiet():
         for start in range(0, len(encoded), batch_size):
@@ -1044,8 +1088,8 @@ def generate(
 
     base = Path(base_dir)
     seq2seq = _arch_of(base) == "t5"
-    tokenizer = _load_tokenizer(base)
-    model = _load_with_adapter(base, adapter_dir)
+    tokenizer = load_tokenizer(base)
+    model = load_model(base, adapter_dir)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     if enc["input_ids"].shape[1] == 0:
         # A causal LM needs at least one input position; start an empty prompt from <s>.

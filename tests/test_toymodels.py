@@ -55,8 +55,8 @@ def _embedding(base: Path) -> np.ndarray:
 def _next_token_logits(base: Path, adapter: Path | None, text: str = "I want you to act as a"):
     import torch
 
-    model = toymodels._load_with_adapter(base, adapter)
-    tok = toymodels._load_tokenizer(base)
+    model = toymodels.load_model(base, adapter)
+    tok = toymodels.load_tokenizer(base)
     enc = tok(text, return_tensors="pt")
     kwargs = {}
     if _config(base)["model_type"] == "t5":
@@ -97,7 +97,7 @@ def test_demo_datasets_shapes_and_split(tmp_path: Path) -> None:
 
 
 def test_tokenizer_round_trip_and_specials(tiny_tokenizer: Path) -> None:
-    tok = toymodels._load_tokenizer(tiny_tokenizer)
+    tok = toymodels.load_tokenizer(tiny_tokenizer)
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
     assert len(tok) == 400
     for text in [*toymodels.COACH_PROMPTS[:3], "Unseen wörds, emoji 🙂 and\ttabs\nnewlines", ""]:
@@ -147,7 +147,7 @@ def test_base_fixture_shapes(request: pytest.FixtureRequest, fixture: str, model
     }
     assert _embedding(base).shape == (400, width)
     assert _embedding(base).dtype == np.float32
-    tok = toymodels._load_tokenizer(base)
+    tok = toymodels.load_tokenizer(base)
     assert config["vocab_size"] == len(tok) == 400
     assert config["eos_token_id"] == tok.eos_token_id
 
@@ -182,6 +182,10 @@ def test_make_base_model_rejects_bad_arguments(tmp_path: Path, tiny_tokenizer: P
         toymodels.make_base_model(tmp_path / "z", vocab_size=10, tokenizer_dir=tiny_tokenizer)
     with pytest.raises(UsageError, match="num_kv_heads"):
         toymodels.make_base_model(tmp_path / "w", arch="bloom", num_kv_heads=2, tokenizer_dir=tiny_tokenizer)
+    with pytest.raises(UsageError, match="tokenizer.json"):
+        toymodels.make_base_model(tmp_path / "v", tokenizer_dir=tmp_path)
+    # Nothing half-made is left behind (the vocab check fails after the tokenizer was copied).
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +223,7 @@ def test_adapter_loads_applies_and_generates(request: pytest.FixtureRequest, nam
 
     adapter: Path = request.getfixturevalue(name)
     base: Path = request.getfixturevalue(ADAPTER_FACTS[name]["base"])
-    model = toymodels._load_with_adapter(base, adapter)
+    model = toymodels.load_model(base, adapter)
     stored = load_torch(str(adapter / "adapter_model.safetensors"))
     if "prompt_embeddings" in stored:
         loaded = model.prompt_encoder["default"].embedding.weight
@@ -246,7 +250,7 @@ def test_text_init_copies_the_init_text_embeddings(tiny_bloom: Path, prompt_tuni
     assert config["prompt_tuning_init"] == "TEXT"
     assert config["prompt_tuning_init_text"] == TEXT_INIT
     assert config["tokenizer_name_or_path"] == str(tiny_bloom)
-    ids = toymodels._load_tokenizer(tiny_bloom)(TEXT_INIT)["input_ids"]
+    ids = toymodels.load_tokenizer(tiny_bloom)(TEXT_INIT)["input_ids"]
     np.testing.assert_array_equal(_tensors(prompt_tuning_text)["prompt_embeddings"], _embedding(tiny_bloom)[ids])
 
 
@@ -296,7 +300,7 @@ def test_training_lowers_held_out_loss_deterministically(tmp_path: Path, tiny_bl
 
 
 def test_prompt_completion_masks_the_prompt(tiny_bloom: Path) -> None:
-    tok = toymodels._load_tokenizer(tiny_bloom)
+    tok = toymodels.load_tokenizer(tiny_bloom)
     [(ids, labels)] = toymodels._encode_examples([{"prompt": "Human: hi\n", "completion": "Hello."}], tok, seq2seq=False, max_length=64)
     n_prompt = len(tok("Human: hi\n")["input_ids"])
     assert labels[:n_prompt] == [-100] * n_prompt
