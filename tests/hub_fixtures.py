@@ -1,1 +1,111 @@
-"""Fixtures for the local Hub-compatible server."""
+"""Fixtures for the local Hub-compatible server (:mod:`registry.hubserver`).
+
+``hub_server``
+    A fresh server per test on a free port, storing under ``tmp_path``, accepting the token
+    :data:`HUB_TOKEN` as user :data:`HUB_USER`, in ``lfs_mode="regular"`` (works with the client
+    whether Xet is on or off). It also points the client's *import-time* endpoint at the server
+    (see :func:`point_client_at`), so code that does not pass ``endpoint=`` reaches it too.
+
+``hub_server_lfs``
+    Same, in ``lfs_mode="auto"`` (binary/large files go through git-LFS), with the client's Xet
+    disabled for the test (``HF_HUB_DISABLE_XET`` in the environment and in
+    ``huggingface_hub.constants``), as a Xet-enabled client cannot upload "lfs" files here.
+
+``hub_server_session``
+    One server for the whole session (regular mode). It does NOT touch the client's constants or
+    the environment: pass ``endpoint=hub_server_session.url`` explicitly, and use repo names no
+    other test uses.
+
+What callers must know:
+
+- ``huggingface_hub`` reads ``HF_ENDPOINT`` once, at import, into ``constants.ENDPOINT``,
+  ``constants.HUGGINGFACE_CO_URL_TEMPLATE`` and the module-level ``HfApi`` behind
+  ``huggingface_hub.model_info`` & co. Setting the variable in a test is not enough; library code
+  should always pass ``endpoint=`` (``registry.settings.hub_endpoint()``) to ``HfApi``,
+  ``hf_hub_download`` and ``snapshot_download``. Subprocesses (``spr``, ``hf``) read the
+  ``HF_ENDPOINT`` these fixtures set in ``os.environ``.
+- No token is placed in the environment: pass ``token=HUB_TOKEN`` or set
+  ``monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)`` in tests of code that reads ``HF_TOKEN``.
+- ``server.requests`` / ``server.routes_seen()`` show what the client asked;
+  ``server.storage.tamper(...)``/``truncate(...)`` damage stored bytes; ``server.fail(...)``
+  makes chosen requests fail or drop (see :class:`registry.hubserver.HubServer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from huggingface_hub import constants as hf_constants
+
+from registry.hubserver import HubServer
+
+HUB_TOKEN = "test-token"
+HUB_USER = "tester"
+
+__all__ = [
+    "HUB_TOKEN",
+    "HUB_USER",
+    "disable_xet",
+    "hub_server",
+    "hub_server_lfs",
+    "hub_server_session",
+    "point_client_at",
+]
+
+
+def point_client_at(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Point ``HF_ENDPOINT`` and the client's import-time copies of it at ``url`` for one test."""
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", url)
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", url)
+
+
+def disable_xet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the client use git-LFS instead of Xet for "lfs" uploads, here and in subprocesses.
+
+    ``huggingface_hub`` reads ``HF_HUB_DISABLE_XET`` at import into ``constants.HF_HUB_DISABLE_XET``
+    and checks that constant at call time (``utils._runtime.is_xet_available``).
+    """
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+
+
+def _start(root: Path, lfs_mode: str = "regular") -> HubServer:
+    return HubServer(root, tokens=[f"{HUB_TOKEN} {HUB_USER}"], lfs_mode=lfs_mode).start()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """A fresh Hub server for this test, with the client pointed at it (regular uploads)."""
+    server = _start(tmp_path / "hub-root")
+    point_client_at(monkeypatch, server.url)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hub_server_lfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """A fresh Hub server in ``lfs_mode="auto"``, the client pointed at it with Xet disabled."""
+    server = _start(tmp_path / "hub-root", lfs_mode="auto")
+    point_client_at(monkeypatch, server.url)
+    disable_xet(monkeypatch)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    """One Hub server for the session; pass ``endpoint=`` explicitly and use unique repo names."""
+    server = _start(tmp_path_factory.mktemp("hub-session-root"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -135,8 +135,10 @@ class HubApp:
         if len(rest) == 6 and rest[1].endswith(".git") and rest[2:5] == ["info", "lfs", "objects"]:
             if method == "POST" and rest[5] in ("batch", "verify"):
                 key = partial(self._key, repo_type, rest[0], rest[1][: -len(".git")])
-                handler = self._lfs_batch if rest[5] == "batch" else self._lfs_verify
-                return Route(f"/{{repo}}.git/info/lfs/objects/{rest[5]}", partial(handler, key=key))
+                pattern = f"/{{repo}}.git/info/lfs/objects/{rest[5]}"
+                if rest[5] == "batch":
+                    return Route(pattern, partial(self._lfs_batch, key=key))
+                return Route(pattern, partial(self._lfs_verify, key=key))
         if len(rest) >= 5 and rest[2] == "resolve" and method in ("GET", "HEAD"):
             key = partial(self._key, repo_type, rest[0], rest[1])
             return Route(
@@ -278,7 +280,9 @@ class HubApp:
         self.storage.delete_repo(key)
         return Response.json({})
 
-    def _repo_info(self, request: Request, caller: str | None, *, key: Callable[[], RepoKey], revision: str | None) -> Response:
+    def _repo_info(
+        self, request: Request, caller: str | None, *, key: Callable[[], RepoKey], revision: str | None
+    ) -> Response:
         repo = key()
         record = self._visible(repo, caller)
         commit = self._revision(repo, revision)
@@ -339,7 +343,9 @@ class HubApp:
             data["pullRequests"] = []
         return Response.json(data)
 
-    def _create_tag(self, request: Request, caller: str | None, *, key: Callable[[], RepoKey], revision: str) -> Response:
+    def _create_tag(
+        self, request: Request, caller: str | None, *, key: Callable[[], RepoKey], revision: str
+    ) -> Response:
         self._writer(caller)
         repo = key()
         self._visible(repo, caller)
@@ -365,7 +371,9 @@ class HubApp:
             return "lfs"
         return "regular"
 
-    def _preupload(self, request: Request, caller: str | None, *, key: Callable[[], RepoKey], revision: str) -> Response:
+    def _preupload(
+        self, request: Request, caller: str | None, *, key: Callable[[], RepoKey], revision: str
+    ) -> Response:
         self._writer(caller)
         repo = key()
         self._visible(repo, caller)
@@ -509,7 +517,10 @@ class HubApp:
                     "size": size,
                     "authenticated": True,
                     "actions": {
-                        "upload": {"href": self._signed_upload_url(request.base_url, oid, size), "expires_in": UPLOAD_URL_LIFETIME_S},
+                        "upload": {
+                            "href": self._signed_upload_url(request.base_url, oid, size),
+                            "expires_in": UPLOAD_URL_LIFETIME_S,
+                        },
                         "verify": {"href": verify_href},
                     },
                 }
@@ -636,10 +647,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["uns
         end = int(last) if last else size - 1
     except ValueError:
         return None
-    if start < 0 or end < start:
-        return None
     if start >= size:
         return "unsatisfiable"
+    if start < 0 or end < start:
+        return None
     return start, min(end, size - 1)
 
 

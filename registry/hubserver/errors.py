@@ -41,21 +41,21 @@ class Forbidden(HubServerError):
     status = 403
 
 
-class RepoNotFound(HubServerError):
+class RepoNotFound(HubServerError, LookupError):
     """No such repo, or a private repo seen by an anonymous caller (404 ``RepoNotFound``)."""
 
     status = 404
     error_code = "RepoNotFound"
 
 
-class RevisionNotFound(HubServerError):
+class RevisionNotFound(HubServerError, LookupError):
     """No branch, tag or commit of that name (404 ``RevisionNotFound``)."""
 
     status = 404
     error_code = "RevisionNotFound"
 
 
-class EntryNotFound(HubServerError):
+class EntryNotFound(HubServerError, LookupError):
     """No file or folder at that path in the revision (404 ``EntryNotFound``)."""
 
     status = 404

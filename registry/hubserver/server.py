@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 from registry.errors import HubError, UsageError
@@ -35,6 +34,7 @@ logger = logging.getLogger("registry.hubserver")
 _DRAIN_LIMIT = 1024 * 1024
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 _BODY_BUFFER = 1024 * 1024
+_POLL_INTERVAL = 0.05  # how quickly stop() is noticed
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class HubServer:
         self.host = host
         self._requested_port = port
         self._httpd: _HTTPServer | None = None
+        self._bound_port: int | None = None
         self._thread: threading.Thread | None = None
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
@@ -101,6 +102,7 @@ class HubServer:
                     f"cannot listen on {self.host}:{self._requested_port}: {exc.strerror or exc}",
                     hint="choose another --port, or 0 for a free one",
                 ) from exc
+            self._bound_port = int(self._httpd.server_address[1])
         return self
 
     def start(self) -> HubServer:
@@ -108,7 +110,10 @@ class HubServer:
         self.bind()
         if self._thread is None:
             assert self._httpd is not None
-            self._thread = threading.Thread(target=self._httpd.serve_forever, name="hubserver", daemon=True)
+            httpd = self._httpd
+            self._thread = threading.Thread(
+                target=lambda: httpd.serve_forever(poll_interval=_POLL_INTERVAL), name="hubserver", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -117,7 +122,7 @@ class HubServer:
         self.bind()
         assert self._httpd is not None
         try:
-            self._httpd.serve_forever()
+            self._httpd.serve_forever(poll_interval=_POLL_INTERVAL)
         finally:
             self._close()
 
@@ -148,10 +153,10 @@ class HubServer:
 
     @property
     def port(self) -> int:
-        """The bound port (binds first if needed)."""
-        self.bind()
-        assert self._httpd is not None
-        return int(self._httpd.server_address[1])
+        """The port last bound (still answered by ``port`` after ``stop``). Raises RuntimeError before ``bind``."""
+        if self._bound_port is None:
+            raise RuntimeError("the server has no port yet: call bind() or start() first")
+        return self._bound_port
 
     @property
     def url(self) -> str:
@@ -233,7 +238,7 @@ class _HTTPServer(ThreadingHTTPServer):
 class _BodyReader(io.RawIOBase):
     """The request body: ``Content-Length`` bytes, or a chunked body decoded on the fly."""
 
-    def __init__(self, rfile: BinaryIO, transfer_encoding: str | None, content_length: str | None) -> None:
+    def __init__(self, rfile: io.BufferedIOBase, transfer_encoding: str | None, content_length: str | None) -> None:
         super().__init__()
         self._rfile = rfile
         self._chunked = "chunked" in (transfer_encoding or "").lower()
@@ -319,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raw_path=split.path,
                 query=parse_qs(split.query, keep_blank_values=True),
                 headers=self.headers,
-                body=io.BufferedReader(reader, buffer_size=_BODY_BUFFER),  # type: ignore[arg-type]
+                body=io.BufferedReader(reader, buffer_size=_BODY_BUFFER),
                 base_url=self._base_url(),
             )
             route = hub.app.route(request)
@@ -364,8 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _base_url(self) -> str:
         host = self.headers.get("Host") or ""
         if not _HOST_RE.match(host):
-            bound_host, bound_port = self.server.server_address[:2]
-            host = f"[{bound_host}]:{bound_port}" if ":" in str(bound_host) else f"{bound_host}:{bound_port}"
+            address = self.server.server_address
+            bound_host = address[0].decode() if isinstance(address[0], bytes) else address[0]
+            host = f"[{bound_host}]:{address[1]}" if ":" in bound_host else f"{bound_host}:{address[1]}"
         return f"http://{host}"
 
     def _send(self, response: Response) -> None:

@@ -20,6 +20,7 @@ recompute it. All files are written atomically (temp file in the same folder, fs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -270,7 +271,9 @@ class HubStorage:
                         break
                     size += len(chunk)
                     if size > expected_size:
-                        raise BadRequest(f"upload of {expected_sha256} is longer than the announced {expected_size} bytes")
+                        raise BadRequest(
+                            f"upload of {expected_sha256} is longer than the announced {expected_size} bytes"
+                        )
                     digest.update(chunk)
                     handle.write(chunk)
                 handle.flush()
@@ -278,7 +281,9 @@ class HubStorage:
             if size != expected_size:
                 raise BadRequest(f"upload of {expected_sha256} has {size} bytes, expected {expected_size}")
             if digest.hexdigest() != expected_sha256:
-                raise BadRequest(f"upload does not match its oid: got sha256 {digest.hexdigest()}, expected {expected_sha256}")
+                raise BadRequest(
+                    f"upload does not match its oid: got sha256 {digest.hexdigest()}, expected {expected_sha256}"
+                )
             return self._install(tmp, expected_sha256, size)
         finally:
             tmp.unlink(missing_ok=True)
@@ -614,9 +619,10 @@ def _apply(tree: dict[str, FileEntry], changes: Sequence[Change], head: str) -> 
 def _make_commit(
     parent: str | None, tree: Mapping[str, FileEntry], summary: str, description: str, author: str, time: str
 ) -> Commit:
-    draft = Commit(id="", parent=parent, tree=dict(tree), summary=summary, description=description, author=author, time=time)
-    sha = hashlib.sha1(canonical_json(draft.body())).hexdigest()
-    return Commit(id=sha, parent=parent, tree=draft.tree, summary=summary, description=description, author=author, time=time)
+    draft = Commit(
+        id="", parent=parent, tree=dict(tree), summary=summary, description=description, author=author, time=time
+    )
+    return dataclasses.replace(draft, id=hashlib.sha1(canonical_json(draft.body())).hexdigest())
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

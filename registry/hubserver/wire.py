@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from registry.hubserver.errors import BadRequest
 
@@ -14,10 +15,6 @@ from registry.hubserver.errors import BadRequest
 MAX_JSON_BODY = 16 * 1024 * 1024
 
 
-class HeaderMap(Protocol):
-    """Case-insensitive header lookup (``http.client.HTTPMessage`` satisfies it)."""
-
-    def get(self, name: str, default: str | None = None) -> str | None: ...
 
 
 @dataclass
@@ -27,7 +24,7 @@ class Request:
     method: str
     raw_path: str
     query: Mapping[str, list[str]]
-    headers: HeaderMap
+    headers: Message  # case-insensitive; http.client.HTTPMessage in the server
     body: BinaryIO
     base_url: str  # scheme://host:port as the client addressed the server: used to build URLs it can follow
 
