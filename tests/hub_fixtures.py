@@ -4,7 +4,9 @@
     A fresh server per test on a free port, storing under ``tmp_path``, accepting the token
     :data:`HUB_TOKEN` as user :data:`HUB_USER`, in ``lfs_mode="regular"`` (works with the client
     whether Xet is on or off). It also points the client's *import-time* endpoint at the server
-    (see :func:`point_client_at`), so code that does not pass ``endpoint=`` reaches it too.
+    (see :func:`point_client_at`), so code that does not pass ``endpoint=`` reaches it too, and
+    moves the client's import-time cache and token paths under ``tmp_path / "hf-home"`` (see
+    :func:`isolate_hf_client`).
 
 ``hub_server_lfs``
     Same, in ``lfs_mode="auto"`` (binary/large files go through git-LFS), with the client's Xet
@@ -52,8 +54,35 @@ __all__ = [
     "hub_server",
     "hub_server_lfs",
     "hub_server_session",
+    "isolate_hf_client",
     "point_client_at",
 ]
+
+
+def isolate_hf_client(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> None:
+    """Point the client's import-time paths under ``hf_home`` and turn its telemetry off, for one test.
+
+    ``huggingface_hub`` computes its cache, token and telemetry settings from the environment once,
+    at import (before any fixture runs), so setting ``HF_HOME`` in a fixture does not move them:
+    without this, in-process downloads land in the user's real ``~/.cache/huggingface`` and a token
+    stored there by ``hf auth login`` is sent to the test server (which answers 401).
+    """
+    hub_cache = str(hf_home / "hub")
+    for name, value in {
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": hub_cache,
+        "HUGGINGFACE_HUB_CACHE": hub_cache,
+        "HF_ASSETS_CACHE": str(hf_home / "assets"),
+        "HF_XET_CACHE": str(hf_home / "xet"),
+        "HF_TOKEN_PATH": str(hf_home / "token"),
+        "HF_STORED_TOKENS_PATH": str(hf_home / "stored_tokens"),
+        "AGENT_HARNESSES_PATH": str(hf_home / ".agent_harnesses.json"),
+        "CHECK_FOR_UPDATE_DONE_PATH": str(hf_home / ".check_for_update_done"),
+        "HF_HUB_DISABLE_TELEMETRY": True,  # else the first request of a process also asks for /api/agent-harnesses
+    }.items():
+        monkeypatch.setattr(hf_constants, name, value)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def point_client_at(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
@@ -82,6 +111,7 @@ def _start(root: Path, lfs_mode: str = "regular") -> HubServer:
 def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
     """A fresh Hub server for this test, with the client pointed at it (regular uploads)."""
     server = _start(tmp_path / "hub-root")
+    isolate_hf_client(monkeypatch, tmp_path / "hf-home")
     point_client_at(monkeypatch, server.url)
     try:
         yield server
@@ -93,6 +123,7 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubS
 def hub_server_lfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
     """A fresh Hub server in ``lfs_mode="auto"``, the client pointed at it with Xet disabled."""
     server = _start(tmp_path / "hub-root", lfs_mode="auto")
+    isolate_hf_client(monkeypatch, tmp_path / "hf-home")
     point_client_at(monkeypatch, server.url)
     disable_xet(monkeypatch)
     try:

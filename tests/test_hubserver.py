@@ -21,7 +21,7 @@ from typing import Any
 import httpx2  # the client's HTTP library (a dependency of huggingface_hub 2.4)
 import huggingface_hub
 import pytest
-from hub_fixtures import HUB_TOKEN, HUB_USER
+from hub_fixtures import HUB_TOKEN, HUB_USER, disable_xet, isolate_hf_client, point_client_at
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -39,6 +39,12 @@ from huggingface_hub.errors import (
 
 from registry.errors import UsageError
 from registry.hubserver import INVALID_CREDENTIALS_MESSAGE, HubServer, TokenRegistry
+
+@pytest.fixture(autouse=True)
+def _isolated_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests here that start their own server still keep the client's cache and tokens in tmp_path."""
+    isolate_hf_client(monkeypatch, tmp_path / "hf-home")
+
 
 SAFETENSORS_HEADER = {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}
 
@@ -654,8 +660,6 @@ LFS_ROUTES = {
 def test_contract_push_and_pull_make_exactly_these_requests(
     mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hub_fixtures import disable_xet, point_client_at
-
     lfs = mode.startswith("lfs")
     if lfs:
         disable_xet(monkeypatch)
