@@ -84,7 +84,11 @@ def run(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="spr", standalone_mode=False)
+        # In non-standalone mode click returns the code of ``ctx.exit(n)`` instead of raising it
+        # (``spr verify`` exits 3 after printing its report); commands otherwise return None.
+        code = cli.main(args=argv, prog_name="spr", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            return code
     except errors.RegistryError as exc:
         if debug:
             raise

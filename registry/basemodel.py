@@ -43,9 +43,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from registry import settings
 from registry.digest import PREFIX, canonical_json, sha256_bytes, sha256_file
@@ -57,6 +58,8 @@ MAX_CONFIG_BYTES = 5_000_000
 MAX_INDEX_BYTES = 50_000_000
 MAX_TOKENIZER_DOWNLOAD = 100_000_000
 FINGERPRINT_ROWS = 256
+# Over HTTP, rows closer than this are fetched in one request (bounded waste: 255 gaps at most).
+REMOTE_MAX_GAP = 16_384
 FINGERPRINT_SCHEME = "spr-embedding-fingerprint/v1"
 CACHE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -469,8 +472,10 @@ def sample_row_indices(n_rows: int, k: int = FINGERPRINT_ROWS) -> list[int]:
     return [i * n_rows // k for i in range(k)]
 
 
-def fingerprint_of_rows(shape: tuple[int, int], rows: np.ndarray) -> str:
+def fingerprint_of_rows(shape: tuple[int, int], rows: np.ndarray | Any) -> str:
     """``sha256:<hex>`` over the scheme, the matrix shape and the sampled rows as little-endian float32."""
+    import numpy as np
+
     h = hashlib.sha256()
     h.update(f"{FINGERPRINT_SCHEME}\nshape={shape[0]}x{shape[1]}\nrows={len(rows)}\ndtype=F32\n".encode())
     h.update(np.ascontiguousarray(rows, dtype="<f4").tobytes())
@@ -479,6 +484,8 @@ def fingerprint_of_rows(shape: tuple[int, int], rows: np.ndarray) -> str:
 
 def rows_to_float32(raw: bytes, dtype: str, width: int) -> np.ndarray:
     """Decode row bytes of a safetensors dtype into a float32 array (exact for F16/BF16)."""
+    import numpy as np
+
     if dtype == "BF16":
         bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
         values = bits.view(np.float32)
@@ -493,23 +500,45 @@ def rows_to_float32(raw: bytes, dtype: str, width: int) -> np.ndarray:
     return values.reshape(-1, width)
 
 
-def embedding_fingerprint(read_row: Callable[[int, int], bytes], info: TensorInfo, *, threads: int = 1) -> str:
-    """Fingerprint the embedding ``info`` using ``read_row(offset, length)`` for each sampled row."""
+def embedding_fingerprint(
+    read: Callable[[int, int], bytes], info: TensorInfo, *, threads: int = 1, max_gap: int = 0
+) -> str:
+    """Fingerprint the embedding ``info``, reading the sampled rows with ``read(offset, length)``.
+
+    Rows closer than ``max_gap`` bytes are fetched in one read (worth it over HTTP, where each
+    request costs a round trip; a small vocabulary then takes a handful of requests instead of 256).
+    """
     n_rows, width = info.shape
     row_bytes = width * ITEMSIZE[info.dtype]
-    indices = sample_row_indices(n_rows)
-    offsets = [info.begin + i * row_bytes for i in indices]
-    if threads > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            chunks = list(pool.map(lambda off: read_row(off, row_bytes), offsets))
-    else:
-        chunks = [read_row(off, row_bytes) for off in offsets]
-    for chunk in chunks:
-        if len(chunk) != row_bytes:
+    offsets = [info.begin + i * row_bytes for i in sample_row_indices(n_rows)]
+    spans: list[list[int]] = []  # [start, end] of each read
+    for off in offsets:
+        if spans and off - spans[-1][1] <= max_gap:
+            spans[-1][1] = off + row_bytes
+        else:
+            spans.append([off, off + row_bytes])
+
+    def fetch(span: list[int]) -> bytes:
+        data = read(span[0], span[1] - span[0])
+        if len(data) != span[1] - span[0]:
             raise InvalidBaseModelError(
-                f"the embedding tensor {info.name!r} is truncated (a row read returned {len(chunk)} of {row_bytes} bytes)",
+                f"the embedding tensor {info.name!r} is truncated (a read returned {len(data)} of {span[1] - span[0]} bytes)",
                 hint="the weight file is incomplete; download it again",
             )
+        return data
+
+    if threads > 1 and len(spans) > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            blocks = list(pool.map(fetch, spans))
+    else:
+        blocks = [fetch(span) for span in spans]
+    chunks = []
+    k = 0
+    for (start, end), block in zip(spans, blocks):
+        while k < len(offsets) and offsets[k] + row_bytes <= end:
+            rel = offsets[k] - start
+            chunks.append(block[rel : rel + row_bytes])
+            k += 1
     rows = rows_to_float32(b"".join(chunks), info.dtype, width)
     return fingerprint_of_rows((n_rows, width), rows)
 
@@ -670,7 +699,7 @@ def from_hub(repo_id: str, revision: str | None = None, *, endpoint: str | None 
             if located is not None:
                 file_name, tinfo = located
                 emb_name = tinfo.name
-                fingerprint = embedding_fingerprint(remote.row_reader(file_name), tinfo, threads=threads)
+                fingerprint = embedding_fingerprint(remote.row_reader(file_name), tinfo, threads=threads, max_gap=REMOTE_MAX_GAP)
         listing: dict[str, str] = {}
         for name in TOKENIZER_FILES:
             sibling = siblings.get(name)
