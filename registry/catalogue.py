@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from registry import adapter as adapter_reader
 from registry import manifest as manifests
@@ -529,14 +529,22 @@ def _resolve(session: Session, ref: Ref) -> VersionRow:
     return row
 
 
-def _version_info(session: Session, row: VersionRow) -> VersionInfo:
+_UNSET: Any = object()
+
+
+def _version_info(
+    session: Session, row: VersionRow, *, aliases: tuple[str, ...] | None = None, parent_ref: str | None = _UNSET
+) -> VersionInfo:
+    """Build the frozen view of a row; ``aliases``/``parent_ref`` may be passed when already known."""
     adapter = row.adapter
-    aliases = tuple(
-        session.scalars(select(AliasRow.alias).where(AliasRow.version_id == row.id).order_by(AliasRow.alias))
-    )
-    parent_ref = None
-    if row.parent_digest:
-        parent_ref = _ref_for_digest(session, row.parent_digest, prefer_adapter=row.adapter_id)
+    if aliases is None:
+        aliases = tuple(
+            session.scalars(select(AliasRow.alias).where(AliasRow.version_id == row.id).order_by(AliasRow.alias))
+        )
+    if parent_ref is _UNSET:
+        parent_ref = (
+            _ref_for_digest(session, row.parent_digest, prefer_adapter=row.adapter_id) if row.parent_digest else None
+        )
     return VersionInfo(
         namespace=adapter.namespace,
         name=adapter.name,
@@ -641,15 +649,17 @@ def list_versions(
                 raise AdapterNotFoundError(
                     f"no adapter named {namespace}/{short!s} in the catalogue", hint="see 'spr list'"
                 )
+        # Filters resolve to ids first: with one id, the (id, created_at) index yields rows
+        # already newest first, so the database never sorts the whole match.
         if base_model is not None:
-            query = query.where(BaseModelRow.name == base_model)
+            base_ids = session.scalars(select(BaseModelRow.id).where(BaseModelRow.name == base_model)).all()
+            query = query.where(VersionRow.base_model_id.in_(base_ids))
         if peft_type is not None:
             query = query.where(VersionRow.peft_type == peft_type.upper().replace("-", "_"))
         if dataset is not None:
-            if dataset.startswith(PREFIX):
-                query = query.where(DatasetRow.digest == dataset)
-            else:
-                query = query.where(DatasetRow.name == dataset)
+            column = DatasetRow.digest if dataset.startswith(PREFIX) else DatasetRow.name
+            dataset_ids = session.scalars(select(DatasetRow.id).where(column == dataset)).all()
+            query = query.where(VersionRow.dataset_id.in_(dataset_ids))
         if not include_inactive:
             query = query.where(VersionRow.status == ACTIVE)
         query = query.order_by(VersionRow.created_at.desc(), VersionRow.id.desc())
@@ -859,30 +869,59 @@ def export(
 
 
 def lineage(ref: str, *, db: str | None = None, max_depth: int = 10_000) -> Lineage:
-    """The version and its ancestors, parent first. Cycles cannot occur (a digest covers its parent's)."""
+    """The version and its ancestors, parent first. Cycles cannot occur (a digest covers its parent's).
+
+    The chain is walked with one indexed lookup per generation, then every ancestor is loaded
+    with its files, scores and aliases in a few batched queries.
+    """
     parsed = parse_ref(ref)
     with session_scope(db) as session:
         row = _resolve(session, parsed)
-        version = _version_info(session, row)
-        ancestors: list[LineageNode] = []
+        chain: list[tuple[str, int | None]] = []  # (digest, version id or None when unknown here)
         digest = row.parent_digest
-        complete = True
         seen = {row.digest}
-        while digest and len(ancestors) < max_depth and digest not in seen:
+        while digest and len(chain) < max_depth and digest not in seen:
             seen.add(digest)
-            parent = session.scalar(
-                select(VersionRow)
+            found = session.execute(
+                select(VersionRow.id, VersionRow.parent_digest)
                 .where(VersionRow.digest == digest)
                 .order_by((VersionRow.adapter_id == row.adapter_id).desc(), VersionRow.id)
                 .limit(1)
-            )
-            if parent is None:
-                ancestors.append(LineageNode(ref=None, digest=digest, version=None))
-                complete = False
+            ).first()
+            chain.append((digest, found.id if found else None))
+            if found is None:
                 break
-            info = _version_info(session, parent)
-            ancestors.append(LineageNode(ref=info.ref, digest=digest, version=info))
-            digest = parent.parent_digest
+            digest = found.parent_digest
+        ids = [vid for _, vid in chain if vid is not None]
+        rows = {
+            r.id: r
+            for r in session.scalars(
+                select(VersionRow)
+                .where(VersionRow.id.in_(ids))
+                .options(
+                    joinedload(VersionRow.adapter), joinedload(VersionRow.base_model), joinedload(VersionRow.dataset),
+                    selectinload(VersionRow.files), selectinload(VersionRow.eval_scores),
+                    selectinload(VersionRow.hub_copies),
+                )
+            )
+        } if ids else {}
+        aliases: dict[int, list[str]] = {}
+        for version_id, alias in session.execute(
+            select(AliasRow.version_id, AliasRow.alias).where(AliasRow.version_id.in_(ids)).order_by(AliasRow.alias)
+        ):
+            aliases.setdefault(version_id, []).append(alias)
+        ancestors: list[LineageNode] = []
+        refs = [f"{rows[vid].adapter.namespace}/{rows[vid].adapter.name}@{rows[vid].number}" if vid else None
+                for _, vid in chain]
+        for i, (node_digest, vid) in enumerate(chain):
+            if vid is None:
+                ancestors.append(LineageNode(ref=None, digest=node_digest, version=None))
+                continue
+            parent_ref = refs[i + 1] if i + 1 < len(chain) else None
+            info = _version_info(session, rows[vid], aliases=tuple(aliases.get(vid, ())), parent_ref=parent_ref)
+            ancestors.append(LineageNode(ref=refs[i], digest=node_digest, version=info))
+        version = _version_info(session, row, parent_ref=refs[0] if refs else None)
+        complete = not chain or chain[-1][1] is not None
         return Lineage(version=version, ancestors=tuple(ancestors), complete=complete)
 
 

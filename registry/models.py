@@ -86,6 +86,9 @@ class VersionRow(Base):
         UniqueConstraint("adapter_id", "number"),
         UniqueConstraint("adapter_id", "digest"),
         Index("ix_version_created_at", "created_at"),
+        # `spr list --base-model X` / `--dataset D`: walk one model's versions newest first, no sort.
+        Index("ix_version_base_model_created", "base_model_id", "created_at"),
+        Index("ix_version_dataset_created", "dataset_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -107,8 +110,8 @@ class VersionRow(Base):
     tags_json: Mapped[str] = mapped_column(Text)
     training_json: Mapped[str] = mapped_column(Text)
     peft_config_json: Mapped[str] = mapped_column(Text)
-    base_model_id: Mapped[int | None] = mapped_column(ForeignKey("base_model.id"), index=True)
-    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id"), index=True)
+    base_model_id: Mapped[int | None] = mapped_column(ForeignKey("base_model.id"))
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id"))
     parent_digest: Mapped[str | None] = mapped_column(String(71), index=True)
     lineage_verified: Mapped[bool] = mapped_column(Boolean)
     created_by: Mapped[str] = mapped_column(String(200))

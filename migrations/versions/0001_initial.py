@@ -110,9 +110,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('version', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_version_adapter_id'), ['adapter_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_version_base_model_id'), ['base_model_id'], unique=False)
+        batch_op.create_index('ix_version_base_model_created', ['base_model_id', 'created_at'], unique=False)
         batch_op.create_index('ix_version_created_at', ['created_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_version_dataset_id'), ['dataset_id'], unique=False)
+        batch_op.create_index('ix_version_dataset_created', ['dataset_id', 'created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_version_digest'), ['digest'], unique=False)
         batch_op.create_index(batch_op.f('ix_version_parent_digest'), ['parent_digest'], unique=False)
         batch_op.create_index(batch_op.f('ix_version_peft_type'), ['peft_type'], unique=False)
@@ -249,9 +249,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_version_peft_type'))
         batch_op.drop_index(batch_op.f('ix_version_parent_digest'))
         batch_op.drop_index(batch_op.f('ix_version_digest'))
-        batch_op.drop_index(batch_op.f('ix_version_dataset_id'))
+        batch_op.drop_index('ix_version_dataset_created')
         batch_op.drop_index('ix_version_created_at')
-        batch_op.drop_index(batch_op.f('ix_version_base_model_id'))
+        batch_op.drop_index('ix_version_base_model_created')
         batch_op.drop_index(batch_op.f('ix_version_adapter_id'))
 
     op.drop_table('version')
