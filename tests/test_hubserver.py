@@ -21,7 +21,13 @@ from typing import Any
 import httpx2  # the client's HTTP library (a dependency of huggingface_hub 2.4)
 import huggingface_hub
 import pytest
-from hub_fixtures import HUB_TOKEN, HUB_USER, disable_xet, isolate_hf_client, point_client_at
+from hub_fixtures import (
+    HUB_TOKEN,
+    HUB_USER,
+    disable_xet,
+    isolate_hf_client,
+    point_client_at,
+)
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -38,7 +44,13 @@ from huggingface_hub.errors import (
 )
 
 from registry.errors import UsageError
-from registry.hubserver import INVALID_CREDENTIALS_MESSAGE, HubServer, TokenRegistry
+from registry.hubserver import (
+    INVALID_CREDENTIALS_MESSAGE,
+    HubServer,
+    TokenRegistry,
+    commitstream,
+)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,6 +299,40 @@ def test_delete_operations_and_missing_delete(hub_server: HubServer) -> None:
     assert api.list_repo_files("team/adapter") == [".gitattributes", "keep.txt"]
     with pytest.raises(EntryNotFoundError):
         api.create_commit("team/adapter", operations=[CommitOperationDelete("nope.txt")], commit_message="x")
+
+
+def test_large_regular_files_stream_into_the_store(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lower the in-memory line limit so a 300 kB file takes the streaming path (8 MB in production).
+    monkeypatch.setattr(commitstream, "IN_MEMORY_LINE", 64 * 1024)
+    streamed: list[int] = []
+    stream_file = commitstream._stream_file
+    monkeypatch.setattr(commitstream, "_stream_file", lambda *args: streamed.append(1) or stream_file(*args))
+    api = api_for(hub_server)
+    api.create_repo("team/adapter")
+    data = os.urandom(300_000)
+    api.upload_file(path_or_fileobj=data, path_in_repo="big.bin", repo_id="team/adapter")
+    assert streamed == [1]  # the client's own serialisation took the streaming path
+    sibling = {s.rfilename: s for s in api.model_info("team/adapter", files_metadata=True).siblings or []}["big.bin"]
+    assert (sibling.size, sibling.blob_id, sibling.lfs) == (len(data), git_blob_sha1(data), None)
+    assert Path(hf_hub_download("team/adapter", "big.bin", endpoint=hub_server.url)).read_bytes() == data
+
+    def commit(*lines: bytes) -> int:
+        header = json.dumps({"key": "header", "value": {"summary": "raw"}}).encode()
+        status, _, _ = raw(hub_server, "POST", "/api/models/team/adapter/commit/main", b"\n".join([header, *lines]))
+        return status
+
+    content = base64.b64encode(data).decode()
+    # Another key order (not the client's serialisation) is parsed in memory and works as well.
+    reordered = {"value": {"path": "other.bin", "encoding": "base64", "content": content}, "key": "file"}
+    assert commit(json.dumps(reordered).encode()) == 200
+    assert Path(hf_hub_download("team/adapter", "other.bin", endpoint=hub_server.url)).read_bytes() == data
+    # Broken base64 inside a streamed line is refused, and the commit does not happen.
+    head = api.model_info("team/adapter").sha
+    broken = {"key": "file", "value": {"content": content[:-8] + "!!!!!!!!", "path": "bad.bin", "encoding": "base64"}}
+    assert commit(json.dumps(broken).encode()) == 400
+    unterminated = json.dumps({"key": "file", "value": {"content": content}}).encode()[:200_000]
+    assert commit(unterminated) == 400
+    assert api.model_info("team/adapter").sha == head
 
 
 def test_a_file_and_a_folder_cannot_share_a_path(hub_server: HubServer) -> None:

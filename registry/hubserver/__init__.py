@@ -35,6 +35,9 @@ Behaviour worth knowing:
   over 10 MB, with a binary suffix (``.safetensors``, ``.bin``, …) or with a NUL byte in their first
   512 bytes, as the Hub does, and then needs clients with ``HF_HUB_DISABLE_XET=1``. A Xet-enabled
   client that meets ``"auto"`` gets a 400 naming both fixes when it asks for a Xet token.
+- Large regular files (a Xet-enabled client sends a 200 MB adapter base64 inside the commit) are
+  decoded into the store chunk by chunk (:mod:`registry.hubserver.commitstream`): the server's
+  memory stays flat whatever the file size.
 - Downloads stream from disk (``sendfile``) and honour single ``Range`` requests (206). HEAD and
   the tree report the recorded size; GET sends what is on disk, so a damaged object (see
   ``HubStorage.tamper``/``truncate``) reaches the client as it would from a broken server.

@@ -11,7 +11,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from registry.hubserver.auth import TokenRegistry
+from registry.hubserver.commitstream import read_commit_items
 from registry.hubserver.errors import (
     INVALID_CREDENTIALS_MESSAGE,
     BadRequest,
@@ -45,6 +45,7 @@ from registry.hubserver.storage import (
     PutFile,
     RepoKey,
     RepoRecord,
+    StoredObject,
     git_blob_sha1,
     lfs_pointer,
     tree_items,
@@ -423,22 +424,15 @@ class HubApp:
         _refuse_pull_requests(request)
         header: dict[str, Any] | None = None
         changes: list[Change] = []
-        for number, line in enumerate(iter(request.body.readline, b""), start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError:
-                raise BadRequest(f"line {number} of the commit is not JSON") from None
-            if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
-                raise BadRequest(f"line {number} of the commit must be {{'key': ..., 'value': {{...}}}}")
-            kind, value = item.get("key"), item["value"]
+        for item in read_commit_items(request.body, self.storage):
             if header is None:
-                if kind != "header":
+                if item.key != "header":
                     raise BadRequest("the first line of a commit must be its header")
-                header = value
-                continue
-            changes.append(self._change(kind, value))
+                header = item.value
+            elif item.stored is not None:
+                changes.append(self._streamed_file(item.value, item.stored))
+            else:
+                changes.append(self._change(item.key, item.value))
         if header is None:
             raise BadRequest("empty commit payload")
         parent = header.get("parentCommit")
@@ -459,6 +453,12 @@ class HubApp:
                 "hookOutput": "",
             }
         )
+
+    def _streamed_file(self, value: dict[str, Any], stored: StoredObject) -> Change:
+        path = validate_repo_path(value.get("path"))
+        if value.get("encoding", "base64") != "base64":
+            raise BadRequest(f"file {path!r}: only base64 encoding is supported")
+        return PutFile(path, stored, lfs=False, oid=self.storage.content_git_sha1(stored.sha256))
 
     def _change(self, kind: object, value: dict[str, Any]) -> Change:
         if kind == "file":

@@ -27,7 +27,7 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -211,6 +211,31 @@ class TreeItem:
     oid: str
 
 
+class ObjectWriter:
+    """Bytes on their way into the object store, hashed as they are written."""
+
+    def __init__(self, handle: BinaryIO, install: Callable[[str, int], StoredObject]) -> None:
+        self._handle = handle
+        self._install = install
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._handle.write(data)
+        self.size += len(data)
+
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def finish(self) -> StoredObject:
+        """Flush, fsync and move the object into place under its sha256."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        return self._install(self.sha256(), self.size)
+
+
 class HubStorage:
     """Repos, commits, refs and objects under one root folder. Safe for concurrent threads and processes."""
 
@@ -260,32 +285,34 @@ class HubStorage:
         Raises :class:`BadRequest` when the bytes do not match (nothing is stored then).
         """
         validate_sha256(expected_sha256)
-        digest = hashlib.sha256()
-        size = 0
-        tmp = self._tmp_path()
-        try:
-            with open(tmp, "wb") as handle:
-                while True:
-                    chunk = stream.read(_CHUNK)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > expected_size:
-                        raise BadRequest(
-                            f"upload of {expected_sha256} is longer than the announced {expected_size} bytes"
-                        )
-                    digest.update(chunk)
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if size != expected_size:
-                raise BadRequest(f"upload of {expected_sha256} has {size} bytes, expected {expected_size}")
-            if digest.hexdigest() != expected_sha256:
+        with self.object_writer() as writer:
+            while True:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                if writer.size + len(chunk) > expected_size:
+                    raise BadRequest(f"upload of {expected_sha256} is longer than the announced {expected_size} bytes")
+                writer.write(chunk)
+            if writer.size != expected_size:
+                raise BadRequest(f"upload of {expected_sha256} has {writer.size} bytes, expected {expected_size}")
+            if writer.sha256() != expected_sha256:
                 raise BadRequest(
-                    f"upload does not match its oid: got sha256 {digest.hexdigest()}, expected {expected_sha256}"
+                    f"upload does not match its oid: got sha256 {writer.sha256()}, expected {expected_sha256}"
                 )
-            return self._install(tmp, expected_sha256, size)
+            return writer.finish()
+
+    @contextlib.contextmanager
+    def object_writer(self) -> Iterator[ObjectWriter]:
+        """A writer for an object whose sha256 is known only at the end; ``finish()`` stores it.
+
+        Whatever was not finished is discarded when the block ends.
+        """
+        tmp = self._tmp_path()
+        handle = open(tmp, "wb")
+        try:
+            yield ObjectWriter(handle, lambda sha256, size: self._install(tmp, sha256, size))
         finally:
+            handle.close()
             tmp.unlink(missing_ok=True)
 
     def content_git_sha1(self, sha256: str) -> str:
