@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -435,15 +436,18 @@ def load_many(
     model = base_model if in_memory else _load_base(base_model, reports[0], subjects[0].facts.task_type)
     workdir = Path(tempfile.mkdtemp(prefix="spr-load-"))
     try:
-        peft_model = None
-        for i, (subject, name) in enumerate(zip(subjects, names)):
-            directory = _materialise(subject, workdir / str(i))
-            stored = _stored_tensors(directory)
-            if peft_model is None:
-                peft_model = peft.PeftModel.from_pretrained(model, str(directory), adapter_name=name, is_trainable=False)
-            else:
-                peft_model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
-            confirm_applied(peft_model, name, stored, subject.label)
+        with warnings.catch_warnings():
+            # PEFT 0.21 calls a transformers method deprecated in 5.x on every load; not the caller's concern.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = None
+            for i, (subject, name) in enumerate(zip(subjects, names)):
+                directory = _materialise(subject, workdir / str(i))
+                stored = _stored_tensors(directory)
+                if peft_model is None:
+                    peft_model = peft.PeftModel.from_pretrained(model, str(directory), adapter_name=name, is_trainable=False)
+                else:
+                    peft_model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+                confirm_applied(peft_model, name, stored, subject.label)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     assert peft_model is not None
