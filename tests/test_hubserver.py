@@ -184,6 +184,14 @@ def test_private_repo_is_invisible_to_anonymous_callers(hub_server: HubServer, t
     assert anonymous.model_info("team/open").private is False
 
 
+def test_session_server_serves_callers_that_pass_the_endpoint(hub_server_session: HubServer, tmp_path: Path) -> None:
+    api = api_for(hub_server_session)
+    api.create_repo("session/test-hubserver")
+    api.upload_file(path_or_fileobj=b"shared", path_in_repo="s.txt", repo_id="session/test-hubserver")
+    path = hf_hub_download("session/test-hubserver", "s.txt", endpoint=hub_server_session.url, cache_dir=tmp_path / "c")
+    assert Path(path).read_bytes() == b"shared"
+
+
 def test_tokens_file_maps_tokens_to_users_and_never_echoes_a_token(tmp_path: Path) -> None:
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text("# team tokens\nalpha-secret alice\n\nbeta-secret\n")
@@ -291,6 +299,10 @@ def test_delete_operations_and_missing_delete(hub_server: HubServer) -> None:
         ],
         commit_message="add",
     )
+    listing = {(type(item).__name__, item.path) for item in api.list_repo_tree("team/adapter", path_in_repo="old")}
+    assert listing == {("RepoFile", "old/a.txt"), ("RepoFolder", "old/deep")}
+    with pytest.raises(EntryNotFoundError):
+        list(api.list_repo_tree("team/adapter", path_in_repo="absent"))
     api.create_commit(
         "team/adapter",
         operations=[CommitOperationDelete("gone.txt"), CommitOperationDelete("old/")],
