@@ -131,6 +131,10 @@ def test_create_repo_twice_is_409_with_url_and_exist_ok_reads_it(hub_server: Hub
     assert api.whoami()["name"] == HUB_USER
     # The new repo holds one commit with .gitattributes, as on the Hub.
     assert api.list_repo_files("team/adapter") == [".gitattributes"]
+    api.delete_repo("team/adapter")
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("team/adapter")
+    assert api.create_repo("team/adapter") == url  # the name is free again
 
 
 def test_fixture_points_module_level_client_functions_at_the_server(hub_server: HubServer) -> None:

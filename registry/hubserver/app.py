@@ -525,9 +525,10 @@ class HubApp:
                     },
                 }
             )
-        response = Response.json({"transfer": "basic", "objects": answers, "hash_algo": "sha256"})
-        response.headers[0] = ("Content-Type", "application/vnd.git-lfs+json")
-        return response
+        return Response.json(
+            {"transfer": "basic", "objects": answers, "hash_algo": "sha256"},
+            content_type="application/vnd.git-lfs+json",
+        )
 
     def _signed_upload_url(self, base_url: str, oid: str, size: int) -> str:
         expires = int(time.time()) + UPLOAD_URL_LIFETIME_S

@@ -73,9 +73,15 @@ class Response:
     body: bytes | FileBody = b""
 
     @classmethod
-    def json(cls, data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
+    def json(
+        cls,
+        data: Any,
+        status: int = 200,
+        headers: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json; charset=utf-8",
+    ) -> Response:
         payload = json.dumps(data, ensure_ascii=False).encode()
-        return cls(status, [("Content-Type", "application/json; charset=utf-8"), *(headers or [])], payload)
+        return cls(status, [("Content-Type", content_type), *(headers or [])], payload)
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
