@@ -589,11 +589,11 @@ def push(
     Records the hub copy and a ``push`` event. Raises :class:`HubError` (the Hub refused or is
     unreachable), :class:`IntegrityError` (a stored blob changed), :class:`NotFoundError`.
     """
-    version = catalogue.get_version(ref, db=db)
     spec = parse_repo_spec(repo_id)
     if spec.revision:
         raise UsageError(f"--repo takes NS/NAME without a revision, found {repo_id!r}", hint="push always tags v{N}")
     repo_id = spec.repo_id
+    version = catalogue.get_version(ref, db=db)
     _check_pushable(version)
     store = BlobStore()
     for f in version.files:  # never publish bytes that no longer match the catalogue
