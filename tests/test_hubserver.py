@@ -657,6 +657,20 @@ def test_stopped_server_answers_nothing(tmp_path: Path) -> None:
         HfApi(endpoint=server.url, token=HUB_TOKEN).model_info("team/adapter", timeout=2)
 
 
+def test_serve_forever_runs_in_the_foreground_until_stopped(tmp_path: Path) -> None:
+    server = HubServer(tmp_path / "root", tokens=[HUB_TOKEN]).bind()
+    thread = threading.Thread(target=server.serve_forever)  # as `spr hub serve` runs it, in its own thread here
+    thread.start()
+    try:
+        assert api_for(server).create_repo("team/adapter") == f"{server.url}/team/adapter"
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    with pytest.raises(httpx2.ConnectError):
+        HfApi(endpoint=server.url, token=HUB_TOKEN).model_info("team/adapter", timeout=2)
+
+
 def test_tamper_and_truncate_damage_bytes_but_not_metadata(hub_server: HubServer, tmp_path: Path) -> None:
     api = api_for(hub_server)
     api.create_repo("team/adapter")

@@ -86,6 +86,7 @@ class HubServer:
         self._httpd: _HTTPServer | None = None
         self._bound_port: int | None = None
         self._thread: threading.Thread | None = None
+        self._foreground = False
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
         self._faults: list[_Fault] = []
@@ -121,23 +122,31 @@ class HubServer:
         """Serve in this thread until interrupted (Ctrl-C) or ``stop`` is called from another thread."""
         self.bind()
         assert self._httpd is not None
+        self._foreground = True
         try:
             self._httpd.serve_forever(poll_interval=_POLL_INTERVAL)
         finally:
+            self._foreground = False
             self._close()
 
     def stop(self) -> None:
-        """Stop serving and close every open connection (a stopped server answers nothing)."""
-        if self._httpd is None:
+        """Stop serving (background or foreground) and close every open connection.
+
+        A stopped server answers nothing; ``port`` and ``url`` keep their values.
+        """
+        httpd = self._httpd
+        if httpd is None:
             return
+        if self._thread is not None or self._foreground:
+            httpd.shutdown()  # waits for the serve_forever loop to end
         if self._thread is not None:
-            self._httpd.shutdown()
             self._thread.join(timeout=10)
             self._thread = None
         self._close()
 
     def _close(self) -> None:
-        httpd, self._httpd = self._httpd, None
+        with self._log_lock:
+            httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
         httpd.close_connections()
