@@ -476,28 +476,37 @@ def fingerprint_of_rows(shape: tuple[int, int], rows: np.ndarray | Any) -> str:
     """``sha256:<hex>`` over the scheme, the matrix shape and the sampled rows as little-endian float32."""
     import numpy as np
 
+    data = np.ascontiguousarray(rows, dtype="<f4")
+    return _fingerprint_of_f32_bytes(shape, len(data), data.tobytes())
+
+
+def _fingerprint_of_f32_bytes(shape: tuple[int, int], n_rows: int, data: bytes) -> str:
     h = hashlib.sha256()
-    h.update(f"{FINGERPRINT_SCHEME}\nshape={shape[0]}x{shape[1]}\nrows={len(rows)}\ndtype=F32\n".encode())
-    h.update(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+    h.update(f"{FINGERPRINT_SCHEME}\nshape={shape[0]}x{shape[1]}\nrows={n_rows}\ndtype=F32\n".encode())
+    h.update(data)
     return PREFIX + h.hexdigest()
 
 
-def rows_to_float32(raw: bytes, dtype: str, width: int) -> np.ndarray:
-    """Decode row bytes of a safetensors dtype into a float32 array (exact for F16/BF16)."""
+def rows_to_f32_bytes(raw: bytes, dtype: str) -> bytes:
+    """Row bytes of a safetensors dtype as little-endian float32 bytes (exact for F16 and BF16).
+
+    F32 and BF16 need no numpy (F32 is already the target; a BF16 value is the upper half of a
+    float32), which keeps numpy's import out of ``spr verify`` for most checkpoints.
+    """
+    if dtype == "F32":
+        return raw
+    if dtype == "BF16":
+        out = bytearray(len(raw) * 2)
+        out[2::4] = raw[0::2]
+        out[3::4] = raw[1::2]
+        return bytes(out)
     import numpy as np
 
-    if dtype == "BF16":
-        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-        values = bits.view(np.float32)
-    elif dtype == "F16":
-        values = np.frombuffer(raw, dtype="<f2").astype(np.float32)
-    elif dtype == "F32":
-        values = np.frombuffer(raw, dtype="<f4")
-    elif dtype == "F64":
-        values = np.frombuffer(raw, dtype="<f8").astype(np.float32)
-    else:  # pragma: no cover - find_embedding only picks float tensors
-        raise InvalidBaseModelError(f"cannot fingerprint an embedding of dtype {dtype}", hint="re-save the model in float")
-    return values.reshape(-1, width)
+    if dtype == "F16":
+        return np.frombuffer(raw, dtype="<f2").astype("<f4").tobytes()
+    if dtype == "F64":
+        return np.frombuffer(raw, dtype="<f8").astype("<f4").tobytes()
+    raise InvalidBaseModelError(f"cannot fingerprint an embedding of dtype {dtype}", hint="re-save the model in float")
 
 
 def embedding_fingerprint(
@@ -539,8 +548,7 @@ def embedding_fingerprint(
             rel = offsets[k] - start
             chunks.append(block[rel : rel + row_bytes])
             k += 1
-    rows = rows_to_float32(b"".join(chunks), info.dtype, width)
-    return fingerprint_of_rows((n_rows, width), rows)
+    return _fingerprint_of_f32_bytes((n_rows, width), len(chunks), rows_to_f32_bytes(b"".join(chunks), info.dtype))
 
 
 def _local_fingerprint(path: Path, info: TensorInfo, reader: _LocalReader) -> str:

@@ -118,15 +118,18 @@ def test_in_memory_model_has_the_same_fingerprint(tiny_bloom: Path, tiny_t5: Pat
         assert set(in_memory.tensors or {}) <= set(on_disk.tensors or {})
 
 
-def test_bf16_checkpoint_matches_float32_in_memory(tiny_bloom: Path, tmp_path: Path) -> None:
-    """bf16 widens to float32 exactly, so a bf16 file and its float32 load share a fingerprint."""
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_half_checkpoint_matches_float32_in_memory(dtype_name: str, tiny_bloom: Path, tmp_path: Path) -> None:
+    """bf16 and fp16 widen to float32 exactly, so a half file and its float32 load share a fingerprint."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_bloom)).to(torch.bfloat16)
-    model.save_pretrained(str(tmp_path / "bf16"))
-    on_disk = basemodel.inspect(str(tmp_path / "bf16"))
-    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_bloom)).to(getattr(torch, dtype_name))
+    model.save_pretrained(str(tmp_path / "half"))
+    on_disk = basemodel.inspect(str(tmp_path / "half"))
+    in_half = basemodel.from_model(AutoModelForCausalLM.from_pretrained(str(tmp_path / "half")))
+    assert in_half.info.embedding_fingerprint == on_disk.info.embedding_fingerprint
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "half"), dtype=torch.float32)
     assert loaded.dtype == torch.float32
     assert basemodel.from_model(loaded).info.embedding_fingerprint == on_disk.info.embedding_fingerprint
     # ...and differs from the fp32 original (the cast rounded the values).
