@@ -268,19 +268,48 @@ class HubClient:
     """One endpoint, its token and the HF cache; every client call goes through :meth:`call`."""
 
     def __init__(self, endpoint: str | None = None, *, need_token: bool = False) -> None:
-        from huggingface_hub import HfApi
-
         self.endpoint = settings.hub_endpoint(endpoint)
-        token = settings.hub_token()
-        if need_token and not token:
-            raise HubError(
-                f"pushing to {self.endpoint} needs a token, and none is set",
-                hint="set HF_TOKEN or run 'hf auth login'",
-            )
-        # False, not None: None would make the client look for a token again on its own.
-        self._token: str | bool = token or False
-        self.api = HfApi(endpoint=self.endpoint, token=self._token)
+        self._need_token = need_token
+        self._token_value: str | bool | None = None
+        self._api: Any = None
         self.cache_dir = hub_cache_dir()
+        if need_token:
+            self._token  # noqa: B018 - fail before any work when a push has no token
+
+    @property
+    def _token(self) -> str | bool:
+        # Read on first use: a pull answered from the cache never needs it (nor the login file).
+        if self._token_value is None:
+            token = settings.hub_token()
+            if self._need_token and not token:
+                raise HubError(
+                    f"pushing to {self.endpoint} needs a token, and none is set",
+                    hint="set HF_TOKEN or run 'hf auth login'",
+                )
+            # False, not None: None would make the client look for a token again on its own.
+            self._token_value = token or False
+        return self._token_value
+
+    @property
+    def api(self) -> Any:
+        """The ``HfApi`` for this endpoint (imported on first use: a cached pull never needs it)."""
+        if self._api is None:
+            from huggingface_hub import HfApi
+
+            self._api = HfApi(endpoint=self.endpoint, token=self._token)
+        return self._api
+
+    def cached(self, repo_id: str, filename: str, commit_sha: str) -> Path | None:
+        """The file in the HF cache for a pinned commit, or None.
+
+        The same shortcut ``hf_hub_download`` takes for a 40-hex revision (``snapshots/<sha>/<path>``
+        exists: no request), without importing the client at all; keeps a cached pull fast.
+        """
+        if not _SHA1.match(commit_sha):
+            return None
+        folder = "models--" + repo_id.replace("/", "--")
+        path = self.cache_dir / folder / "snapshots" / commit_sha / filename
+        return path if path.exists() else None
 
     def __repr__(self) -> str:  # never show the token
         return f"HubClient({self.endpoint!r})"
@@ -391,6 +420,9 @@ class HubClient:
 
     def download(self, repo_id: str, filename: str, commit_sha: str) -> Path:
         """Download one file pinned to ``commit_sha`` into the HF cache; returns its cached path."""
+        hit = self.cached(repo_id, filename, commit_sha)
+        if hit is not None:
+            return hit
         from huggingface_hub import hf_hub_download
 
         with self.call(f"downloading {filename}", repo_id, revision=commit_sha):
