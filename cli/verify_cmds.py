@@ -35,6 +35,7 @@ def verify(
     Reads only config files, safetensors headers and a sampled slice of the base's input
     embeddings; never imports torch. A catalogued version also has every stored file re-hashed.
     Prints one line per finding: its code, what was expected, what was found and what to do.
+    A directory holding adapter_config.json wins over a reference spelled the same way.
 
     \b
     Exit status: 0 compatible (warnings allowed), 3 incompatible, 1 other errors, 4 unknown REF.

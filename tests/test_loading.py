@@ -242,3 +242,17 @@ def test_adapter_names_are_peft_safe() -> None:
     assert loading.adapter_name_for("team/coach@prod") == "team_coach_prod"
     assert loading.adapter_name_for("coach@sha256:abc.def") == "coach_sha256_abc_def"
     assert loading.adapter_name_for("..") == "adapter"
+
+
+def test_load_with_a_hub_base(prompt_tuning_random: Path, tiny_bloom: Path, hub_server: Any) -> None:
+    """A base named REPO@REV is identified by range requests, then fetched at the pinned commit to load."""
+    from huggingface_hub import HfApi
+
+    from hub_fixtures import HUB_TOKEN
+
+    api = HfApi(endpoint=hub_server.url, token=HUB_TOKEN)
+    api.create_repo("tester/tiny-bloom")
+    api.upload_folder(repo_id="tester/tiny-bloom", folder_path=str(tiny_bloom))
+    ref = publish(prompt_tuning_random, "team/coach", tiny_bloom)
+    model = loading.load(ref, "tester/tiny-bloom")
+    assert greedy(model, tiny_bloom) == toymodels.generate(tiny_bloom, prompt_tuning_random, PROMPT)
