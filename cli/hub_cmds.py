@@ -69,11 +69,13 @@ def pull(app: AppContext, target: str, to: Path | None, name: str | None, endpoi
     result = hub.pull(target, to=to, endpoint=endpoint, db=app.db, name=name)
 
     def render() -> None:
-        verb = "pulled" if result.imported else "already in the catalogue (verified again)"
-        click.echo(
-            f"{verb} {result.ref} {result.digest} from {result.repo_id}@{_short(result.commit_sha)}"
-            f" ({result.files} files, {result.bytes} bytes, every sha256 checked)"
-        )
+        if result.imported:
+            click.echo(
+                f"pulled {result.ref} {result.digest} from {result.repo_id}@{_short(result.commit_sha)}"
+                f" ({result.files} files, {result.bytes} bytes, every sha256 checked)"
+            )
+        else:
+            click.echo(f"already in the catalogue: {result.ref} {result.digest} ({result.repo_id}@{_short(result.commit_sha)})")
         if result.to:
             click.echo(f"  written to {result.to}")
 

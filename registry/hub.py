@@ -775,8 +775,9 @@ def pull(
     catalogue ref with a hub copy (``ns/name@N``, ``@sha256:…``, or an alias this catalogue has),
     fetched from the commit recorded for it. Everything is checked before anything is written:
     the manifest against its digest (and against the catalogue's digest for a catalogue ref),
-    every file against the manifest's sha256 and size. A pull of a commit already in the HF
-    cache makes no HTTP request. ``to`` also writes the files as a standard PEFT directory
+    every file against the manifest's sha256 and size. A version the catalogue already holds
+    under that name (same digest, blobs present) is not downloaded again, only its manifest is
+    read, so repeating a pinned pull makes no HTTP request at all. ``to`` also writes the files as a standard PEFT directory
     (atomically; an existing directory must be empty or already hold exactly these files).
 
     Raises :class:`IntegrityError` (tampered or truncated remote copy: nothing imported),
@@ -808,8 +809,12 @@ def pull(
             expected=expected,
             found=remote.digest,
         )
-    files = hub.fetch_files(repo_id, commit_sha, remote.manifest["files"])
-    version, created = _import_verified(remote, files, import_as, hub, db=db)
+    present = _present(import_as, remote.digest, db)
+    if present is None:
+        files = hub.fetch_files(repo_id, commit_sha, remote.manifest["files"])
+        version, created = _import_verified(remote, files, import_as, hub, db=db)
+    else:  # already imported and verified then: the blob store, not the HF cache, is what counts now
+        version, created = present, False
     hub_tag = revision if (local is not None) else (tag if source == "hub" else None)
     version = _record_pull(version, hub, repo_id, commit_sha, hub_tag, db=db)
     written = _write_to(version, Path(to), db=db) if to is not None else None
@@ -908,12 +913,20 @@ def _staging(files: dict[str, Path]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _present(name: str, digest: str, db: str | None) -> VersionInfo | None:
+    """The version ``name`` holds with ``digest`` when all its blobs are in the store, else None."""
+    existing = _find(name, digest, db)
+    store = BlobStore()
+    if existing is not None and all(store.has(f.sha256) for f in existing.files):
+        return existing
+    return None
+
+
 def _import_verified(
     remote: HubVersion, files: dict[str, Path], name: str, hub: HubClient, *, db: str | None
 ) -> tuple[VersionInfo, bool]:
-    existing = _find(name, remote.digest, db)
-    store = BlobStore()
-    if existing is not None and all(store.has(f.sha256) for f in existing.files):
+    existing = _present(name, remote.digest, db)
+    if existing is not None:
         return existing, False
     record = remote.record
     with _staging(files) as staging:
@@ -1136,7 +1149,8 @@ def sync(
     names must still point at its commit, each version must land as exactly ``name@version``,
     and an existing ``to`` directory must already hold the locked files. ``to`` receives one
     standard PEFT directory per entry, ``TO/<namespace>/<name>@<version>``. ``endpoint``
-    overrides the lockfile's endpoints (a mirror). Raises :class:`LockfileDriftError` naming the
+    overrides the lockfile's endpoints (a mirror). A version already in the catalogue under its
+    name is checked through its manifest only (no file download). Raises :class:`LockfileDriftError` naming the
     entry and the drift, :class:`HubError`, :class:`UsageError`.
     """
     lock_path = Path(path)
@@ -1145,11 +1159,12 @@ def sync(
         raise UsageError(f"lockfile {lock_path} pins no adapters")
     clients: dict[str, HubClient] = {}
     refs_cache: dict[tuple[str, str], dict[str, str]] = {}
-    fetched: list[tuple[lockfile.LockEntry, HubClient, HubVersion, dict[str, Path]]] = []
+    fetched: list[tuple[lockfile.LockEntry, HubClient, HubVersion, dict[str, Path] | None]] = []
     for entry in locked.entries:
         ep = settings.hub_endpoint(endpoint) if endpoint else entry.endpoint
         hub = clients.get(ep) or clients.setdefault(ep, HubClient(ep))
-        remote, files = _fetch_locked(entry, hub, frozen=frozen, refs_cache=refs_cache)
+        present = _present(entry.name, entry.digest, db)
+        remote, files = _fetch_locked(entry, hub, frozen=frozen, refs_cache=refs_cache, download=present is None)
         if frozen:
             _check_frozen_catalogue(entry, db)
             if to is not None:
@@ -1157,7 +1172,10 @@ def sync(
         fetched.append((entry, hub, remote, files))
     items = []
     for entry, hub, remote, files in fetched:
-        version, created = _import_verified(remote, files, entry.name, hub, db=db)
+        if files is None:
+            version, created = catalogue.get_version(f"{entry.name}@{entry.digest}", db=db), False
+        else:
+            version, created = _import_verified(remote, files, entry.name, hub, db=db)
         version = _record_pull(version, hub, entry.repo, entry.commit, entry.tag, db=db)
         written = None
         if to is not None:
@@ -1181,8 +1199,9 @@ def _drift(entry: lockfile.LockEntry, message: str, hint: str, **fields: Any) ->
 
 
 def _fetch_locked(
-    entry: lockfile.LockEntry, hub: HubClient, *, frozen: bool, refs_cache: dict[tuple[str, str], dict[str, str]]
-) -> tuple[HubVersion, dict[str, Path]]:
+    entry: lockfile.LockEntry, hub: HubClient, *, frozen: bool, refs_cache: dict[tuple[str, str], dict[str, str]],
+    download: bool = True,
+) -> tuple[HubVersion, dict[str, Path] | None]:
     regenerate = "if the change is intended, regenerate the lockfile with 'spr lock'"
     if frozen and entry.tag:
         key = (hub.endpoint, entry.repo)
@@ -1237,6 +1256,8 @@ def _fetch_locked(
             "the lockfile was edited; regenerate it with 'spr lock'",
             reason="files-differ",
         )
+    if not download:
+        return remote, None
     try:
         files = hub.fetch_files(entry.repo, entry.commit, remote.manifest["files"])
     except IntegrityError as exc:

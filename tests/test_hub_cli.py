@@ -84,7 +84,7 @@ def test_push_pull_lock_sync_from_the_command_line(
     assert pulled["imported"] is True and pulled["commit_sha"] == pushed["commit_sha"] and pulled["source"] == "hub"
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     code, out, err = spr(capsys, "pull", f"{REPO}@1")
-    assert code == 0 and out.startswith("already in the catalogue (verified again) team/coach@1")
+    assert code == 0 and out.startswith("already in the catalogue: team/coach@1")
 
     monkeypatch.setenv("SPR_HOME", str(tmp_path / "deploy2"))
     code, out, err = spr(capsys, "sync", str(tmp_path / "adapters.lock"), "--to", str(tmp_path / "srv"), "--frozen")
