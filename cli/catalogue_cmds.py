@@ -210,9 +210,27 @@ def deprecate(app: AppContext, ref: str, reason: str) -> None:
     emit(app, version, lambda: click.echo(f"deprecated {version.ref}: {reason}"))
 
 
-@cli.group(name="eval", invoke_without_command=False)
+class DefaultCommandGroup(click.Group):
+    """A group whose first argument, when it names no subcommand, goes to a default subcommand.
+
+    ``spr eval REF --dataset PATH`` runs ``spr eval run REF --dataset PATH``, while
+    ``spr eval add REF METRIC=VALUE`` still records a score typed by hand.
+    """
+
+    def __init__(self, *args: object, default_command: str, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.default_command = default_command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(name="eval", cls=DefaultCommandGroup, default_command="run")
 def eval_() -> None:
-    """Record eval scores for published versions."""
+    """Evaluate a version on a dataset and record the scores (spr eval REF --dataset PATH),
+    or record scores computed elsewhere (spr eval add REF METRIC=VALUE)."""
 
 
 @eval_.command(name="add")
