@@ -33,6 +33,7 @@ MAX_ATTEMPTS = 60
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 _checked: set[str] = set()
+_schema_lock = threading.Lock()
 
 
 class RetryableConflict(Exception):
@@ -49,13 +50,16 @@ def _make_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
         raise DatabaseError(
             f"cannot use catalogue URL {_redact(url)}: {exc}",
             hint="use 'sqlite:///PATH' or 'postgresql+psycopg://USER@HOST/DB' "
             "(install 'softprompt-registry[postgres]' for PostgreSQL)",
         ) from None
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "begin", _postgresql_on_begin)
+    return engine
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -63,10 +67,28 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cur = dbapi_connection.cursor()
     cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode = WAL")
+    _set_wal(cur)
     cur.execute("PRAGMA foreign_keys = ON")
     cur.execute("PRAGMA synchronous = NORMAL")
     cur.close()
+
+
+def _set_wal(cur: Any) -> None:
+    # Switching a new file to WAL takes an exclusive lock and SQLite answers SQLITE_BUSY at once,
+    # without calling the busy handler: processes opening a fresh catalogue together would see
+    # "database is locked". Retry with backoff for as long as the busy timeout (WAL is persistent,
+    # so only the first opens of a new file can race here).
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError; the driver module is not imported here
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.1)
 
 
 def _sqlite_on_begin(conn: Any) -> None:
@@ -74,6 +96,22 @@ def _sqlite_on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         conn.exec_driver_sql("BEGIN")
+
+
+# Arbitrary, fixed: every spr writer of one PostgreSQL database takes this transaction-level lock.
+PG_WRITE_LOCK = 0x535052  # "SPR"
+
+
+def _postgresql_on_begin(conn: Any) -> None:
+    # Every write transaction appends to the one event chain, so writers are serial anyway. Under
+    # READ COMMITTED, two writers that read the same row (an alias, the next version number) and
+    # then write would each act on what they read before the other committed: the alias history
+    # would log a move "from" a version the alias had already left. Queuing write transactions on
+    # one advisory lock before their first read gives PostgreSQL what BEGIN IMMEDIATE gives SQLite;
+    # the unique constraints stay as the backstop for writers that bypass spr.
+    if conn.get_execution_options().get("spr_write"):
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{BUSY_TIMEOUT_MS}ms'")
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
 
 
 def _redact(url: str) -> str:
@@ -94,8 +132,11 @@ def get_engine(url: str | None = None) -> Engine:
         if engine is None:
             engine = _engines[url] = _make_engine(url)
     if url not in _checked:
-        ensure_schema(engine, auto_upgrade=settings.is_default_database(url))
-        _checked.add(url)
+        # Alembic's command API keeps global state: threads must not run it at the same time.
+        with _schema_lock:
+            if url not in _checked:
+                ensure_schema(engine, auto_upgrade=settings.is_default_database(url))
+                _checked.add(url)
     return engine
 
 
