@@ -300,6 +300,9 @@ class _BodyReader(io.RawIOBase):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: headers and body go out in separate writes; with Nagle on, every keep-alive
+    # request waited ~40 ms for the client's delayed ACK (a refs call took 42 ms, now under 1 ms).
+    disable_nagle_algorithm = True
     server: _HTTPServer
     timeout = 120  # an idle keep-alive connection is closed after this
 
