@@ -660,7 +660,7 @@ def push(
     if head is not None:
         head = _checked_sha(head, repo_id)
         remote = _tree(hub, repo_id, head)
-        if _holds_version(hub, repo_id, head, remote, version.digest):
+        if _holds_version(remote, version, manifest_bytes):
             commit_sha = head  # an earlier push committed but was cut off before tagging
         wanted = {hub_path(f.path) for f in version.files} | {MANIFEST_FILENAME, CARD_FILENAME, ".gitattributes"}
         stale = sorted(p for p in remote if p not in wanted)
@@ -701,14 +701,44 @@ def _tree(hub: HubClient, repo_id: str, commit_sha: str) -> dict[str, Any]:
         }
 
 
-def _holds_version(hub: HubClient, repo_id: str, commit_sha: str, tree: dict[str, Any], digest: str) -> bool:
-    """Whether the commit already is this version (its manifest names ``digest``)."""
-    if MANIFEST_FILENAME not in tree:
-        return False
-    try:
-        return hub.read_version(repo_id, commit_sha).digest == digest
-    except (InvalidAdapterError, IntegrityError):
-        return False  # whatever is there is not a valid version: commit over it
+def _holds_version(tree: dict[str, Any], version: VersionInfo, manifest_bytes: bytes) -> bool:
+    """Whether a commit's tree already is exactly this version: same ``spr_manifest.json`` bytes and
+    every file with the same content (LFS sha256, or git blob id for regular files), read from the
+    tree listing alone (no download). The card may differ (it is regenerated on every push)."""
+    store = BlobStore()
+    wanted: dict[str, tuple[int, Callable[[], str], str]] = {
+        MANIFEST_FILENAME: (len(manifest_bytes), lambda: _git_blob_sha1_bytes(manifest_bytes), sha256_bytes(manifest_bytes)),
+    }
+    for f in version.files:
+        path = store.open(f.sha256)
+        wanted[hub_path(f.path)] = (f.size, lambda path=path, size=f.size: _git_blob_sha1_file(path, size), f.sha256)
+    for path, (size, git_oid, sha256) in wanted.items():
+        entry = tree.get(path)
+        if entry is None or entry.size != size:
+            return False
+        lfs = getattr(entry, "lfs", None)
+        if lfs is not None:
+            if getattr(lfs, "sha256", None) != sha256:
+                return False
+        elif getattr(entry, "blob_id", None) != git_oid():
+            return False
+    return True
+
+
+def _git_blob_sha1_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _git_blob_sha1_file(path: Path, size: int) -> str:
+    import hashlib
+
+    h = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _commit(

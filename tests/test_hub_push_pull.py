@@ -265,9 +265,11 @@ def test_push_cut_off_before_the_commit_leaves_the_catalogue_unchanged_and_a_ret
     assert [c.commit_sha for c in catalogue.get_version(ref).hub_copies] == [result.commit_sha]
 
 
+@pytest.mark.parametrize("server_fixture", ["hub_server", "hub_server_lfs"])
 def test_push_cut_off_between_commit_and_tag_is_finished_by_a_retry_without_a_new_commit(
-    hub_server: HubServer, token: str, prompt_tuning_random: Path
+    server_fixture: str, request: pytest.FixtureRequest, token: str, prompt_tuning_random: Path
 ) -> None:
+    hub_server: HubServer = request.getfixturevalue(server_fixture)
     ref = catalogue.publish(prompt_tuning_random, REPO).version.ref
     hub_server.fail(*TAG_ROUTE)
     with pytest.raises(HubError):
