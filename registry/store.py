@@ -69,6 +69,7 @@ class BlobStore:
         """Store ``data``; returns its sha256."""
         digest = hashlib.sha256(data).hexdigest()
         if self.has(digest):
+            _touch(self.path(digest))
             return digest
         shard_tmp = self.root / "sha256"
         shard_tmp.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,7 @@ class BlobStore:
         final = self.path(digest)
         if final.is_file():
             tmp.unlink(missing_ok=True)
+            _touch(final)
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
@@ -171,6 +173,15 @@ class BlobStore:
         if p.exists():
             os.chmod(p, 0o644)
             p.unlink()
+
+
+def _touch(path: Path) -> None:
+    # A blob that is about to be referenced again must look new to 'spr gc', whose grace period
+    # (by mtime) protects blobs written by a publish that has not committed yet.
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:
