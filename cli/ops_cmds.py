@@ -1,5 +1,153 @@
-"""ops_cmds commands."""
+"""Operations commands: audit, gc, backup, restore."""
 
 from __future__ import annotations
 
-from registry.cli.app import cli  # noqa: F401
+from pathlib import Path
+
+import click
+
+from registry import audit as audits
+from registry.cli.app import AppContext, cli, emit, json_option, pass_app
+from registry.cli.output import hashing_progress
+from registry.errors import EXIT_INTEGRITY
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@cli.command()
+@click.option("--strict", is_flag=True, help="Treat warnings (orphan blobs, temp files) as problems too.")
+@click.option("--no-rehash", "no_rehash", is_flag=True, help="Check blob presence and size only, without re-hashing.")
+@json_option
+@pass_app
+def audit(app: AppContext, strict: bool, no_rehash: bool) -> None:
+    """Re-verify the catalogue and every stored byte; one line per problem.
+
+    Checks every blob's sha256, the event chain, foreign keys, each version's manifest digest and
+    file list; lists orphan blobs, missing blobs and leftover temp files. Exit 0 when nothing is
+    damaged (warnings allowed unless --strict), 5 otherwise.
+    """
+    ctx = click.get_current_context()
+    with hashing_progress(_referenced_bytes_hint(app), "auditing blobs") as progress:
+        report = audits.audit(db=app.db, rehash=not no_rehash, progress=progress)
+    failed = bool(report.errors) or (strict and bool(report.warnings))
+
+    def render() -> None:
+        for p in report.problems:
+            click.echo(p.line())
+        rate = report.bytes_hashed / report.seconds / 1e9 if report.seconds > 0 else 0.0
+        summary = (
+            f"audit: {len(report.errors)} error(s), {len(report.warnings)} warning(s); "
+            f"{report.versions} versions, {report.files} files, {report.blobs} blobs "
+            f"({_human(report.bytes_hashed)} hashed at {rate:.2f} GB/s), {report.events} events, "
+            f"{report.seconds:.2f} s"
+        )
+        click.echo(summary, err=True)
+        if report.warnings and not report.errors:
+            click.echo("warnings are leftovers of interrupted writes; 'spr gc --yes' removes them", err=True)
+
+    data = {
+        "ok": not failed,
+        "database": report.database,
+        "blob_root": report.blob_root,
+        "versions": report.versions,
+        "files": report.files,
+        "blobs": report.blobs,
+        "bytes_hashed": report.bytes_hashed,
+        "events": report.events,
+        "seconds": report.seconds,
+        "errors": len(report.errors),
+        "warnings": len(report.warnings),
+        "problems": report.problems,
+    }
+    emit(app, data, render)
+    if failed:
+        ctx.exit(EXIT_INTEGRITY)
+
+
+def _referenced_bytes_hint(app: AppContext) -> int:
+    # The progress bar needs a total; the store's size is a close upper bound. Bars are drawn
+    # only on a terminal, so scripts do not pay for the scan.
+    import sys
+
+    from registry.store import BlobStore
+
+    if not sys.stderr.isatty():
+        return 0
+    total = 0
+    for _, path in BlobStore().iter_blobs():
+        try:
+            total += path.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+@cli.command()
+@click.option("-y", "--yes", is_flag=True, help="Really remove (default: dry run, list only).")
+@click.option(
+    "--grace", type=float, default=audits.DEFAULT_GRACE_SECONDS, show_default=True, metavar="SECONDS",
+    help="Keep unreferenced files younger than this (a publish in flight has written its blobs but not committed).",
+)
+@json_option
+@pass_app
+def gc(app: AppContext, yes: bool, grace: float) -> None:
+    """Remove blobs no version references, and leftover temp files (dry run unless --yes)."""
+    report = audits.gc(db=app.db, dry_run=not yes, grace_seconds=grace)
+
+    def render() -> None:
+        verb = "would remove" if report.dry_run else "removed"
+        for sha in report.blobs:
+            click.echo(f"{verb} blob sha256:{sha}")
+        for path in report.temp_files:
+            click.echo(f"{verb} temp file {path}")
+        msg = f"gc: {verb} {len(report.blobs)} blob(s) and {len(report.temp_files)} temp file(s), {_human(report.bytes)}"
+        if report.kept_recent:
+            msg += f"; kept {report.kept_recent} younger than {report.grace_seconds:g} s"
+        if report.dry_run and (report.blobs or report.temp_files):
+            msg += "; run with --yes to remove them"
+        click.echo(msg, err=True)
+
+    emit(app, report, render)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+@pass_app
+def backup(app: AppContext, file: Path) -> None:
+    """Write a consistent backup of a SQLite catalogue and its blobs to FILE (a tar), while others write.
+
+    For PostgreSQL, use pg_dump and copy the blob directory after the dump (see the README).
+    """
+    with hashing_progress(_referenced_bytes_hint(app), f"backing up to {file.name}") as progress:
+        report = audits.backup(file, db=app.db, progress=progress)
+    emit(app, report, lambda: click.echo(
+        f"backup {report.path}: {report.versions} versions, {report.events} events, {report.blobs} blobs "
+        f"({_human(report.bytes)}), schema {report.schema}, {report.seconds:.2f} s"
+    ))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+@pass_app
+def restore(app: AppContext, file: Path) -> None:
+    """Restore a backup written by 'spr backup' into a new SQLite catalogue (never overwrites one)."""
+    size = file.stat().st_size if file.is_file() else 0
+    with hashing_progress(size, f"restoring {file.name}") as progress:
+        report = audits.restore(file, db=app.db, progress=progress)
+
+    def render() -> None:
+        click.echo(
+            f"restored {report.database}: {report.versions} versions, {report.events} events, "
+            f"{report.blobs} blobs ({report.restored_blobs} copied), from a backup of {report.created_at}"
+        )
+        click.echo("next: 'spr audit' to re-verify every byte", err=True)
+
+    emit(app, report, render)
