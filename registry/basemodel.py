@@ -653,7 +653,7 @@ def _local_tokenizer_digest(root: Path) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def from_hub(repo_id: str, revision: str | None = None, *, endpoint: str | None = None, threads: int = 8) -> BaseModelFacts:
+def from_hub(repo_id: str, revision: str | None = None, *, endpoint: str | None = None, threads: int = 16) -> BaseModelFacts:
     """Identify ``repo_id`` at ``revision`` (default ``main``) on the Hub without downloading weights.
 
     Pins the revision to its commit sha; downloads ``config.json``, the shard index and the
