@@ -84,7 +84,7 @@ def make_prompt(directory: Path, seed: int) -> Path:
 def child(script: str, env: dict[str, str], *args: str) -> tuple[float, str]:
     """Run ``script`` in a fresh interpreter; return (wall seconds, stdout). Raises on failure."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, check=False, timeout=1200)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")

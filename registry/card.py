@@ -83,7 +83,7 @@ def card_data(version: VersionInfo, repo_id: str) -> Any:
         library_name="peft",
         base_model=base if is_hub_id(base) else None,
         base_model_relation="adapter" if is_hub_id(base) else None,
-        datasets=[dataset_label] if is_hub_id(dataset_label) else None,
+        datasets=[dataset_label] if dataset_label is not None and is_hub_id(dataset_label) else None,
         tags=card_tags(version),
         pipeline_tag=task,
         model_name=repo_id,
@@ -132,10 +132,12 @@ def _body(version: VersionInfo, repo_id: str) -> str:
     if version.description:
         lines += [_cell(version.description), ""]
     lines += [
-        f"A PEFT {version.peft_type.lower().replace('_', ' ')} adapter published with "
-        "softprompt-registry (`spr`). Its identity is the digest of its "
-        "manifest (`spr_manifest.json`), which lists every file with its sha256; `spr pull` "
-        "checks every byte against it before the adapter is used.",
+        (
+            f"A PEFT {version.peft_type.lower().replace('_', ' ')} adapter published with "
+            "softprompt-registry (`spr`). Its identity is the digest of its "
+            "manifest (`spr_manifest.json`), which lists every file with its sha256; `spr pull` "
+            "checks every byte against it before the adapter is used."
+        ),
         "",
     ]
     lines += _table(
@@ -170,8 +172,10 @@ def _body(version: VersionInfo, repo_id: str) -> str:
     lines += _table(settings_rows)
     if version.template:
         lines += [
-            "Format every input with the template above (replace `{prompt}`): a soft prompt served with "
-            "another input format silently underperforms.",
+            (
+                "Format every input with the template above (replace `{prompt}`): a soft prompt served "
+                "with another input format silently underperforms."
+            ),
             "",
         ]
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -39,11 +40,18 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any
 
-from registry import catalogue, lockfile, manifest as manifests, settings
+from registry import catalogue, lockfile, settings
+from registry import manifest as manifests
 from registry.adapter import COMPANION_FILES, CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
-from registry.card import RELOCATED_FILES, render as render_card
+from registry.card import RELOCATED_FILES
+from registry.card import render as render_card
 from registry.dataset import dataset_from_digest
-from registry.digest import PREFIX, canonical_json, parse_digest, sha256_bytes, sha256_file
+from registry.digest import (
+    PREFIX,
+    parse_digest,
+    sha256_bytes,
+    sha256_file,
+)
 from registry.errors import (
     HubError,
     IntegrityError,
@@ -246,12 +254,11 @@ def parse_repo_spec(text: str) -> RepoSpec:
         )
     validate_name(namespace, "repo namespace")
     validate_name(name, "repo name")
-    if sep:
-        if not revision or not _REVISION.match(revision) or ".." in revision:
-            raise UsageError(
-                f"invalid revision {revision!r} in {text!r}: expected a tag, a branch or a 40-hex commit sha",
-                hint="for example team/coach@v3",
-            )
+    if sep and (not revision or not _REVISION.match(revision) or ".." in revision):
+        raise UsageError(
+            f"invalid revision {revision!r} in {text!r}: expected a tag, a branch or a 40-hex commit sha",
+            hint="for example team/coach@v3",
+        )
     return RepoSpec(f"{namespace}/{name}", revision or None)
 
 
@@ -574,7 +581,7 @@ def _parse_record(raw: Any, where: str) -> HubRecord:
         metric, value = s.get("metric"), s.get("value")
         if not isinstance(metric, str) or not metric or len(metric) > 100:
             raise bad("an eval score has no valid 'metric'")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or abs(value) == float("inf"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise bad(f"eval score {metric!r} has no finite 'value'")
         dataset = s.get("dataset")
         dataset_name = s.get("dataset_name")
@@ -642,8 +649,8 @@ def push(
         branches, tags = hub.refs(repo_id)
 
     if tag in tags:
-        commit_sha = _checked_sha(tags[tag], repo_id)
-        existing = hub.read_version(repo_id, commit_sha)
+        tagged_sha = _checked_sha(tags[tag], repo_id)
+        existing = hub.read_version(repo_id, tagged_sha)
         if existing.digest != version.digest:
             raise HubError(
                 f"tag {tag} of {repo_id} at {hub.endpoint} already holds another version ({existing.digest}), "
@@ -651,11 +658,11 @@ def push(
                 hint="push to another repo; a published tag is never moved",
                 reason="tag-conflict",
             )
-        return _pushed(version, hub, repo_id, commit_sha, tag, committed=False, tagged=False, db=db)
+        return _pushed(version, hub, repo_id, tagged_sha, tag, committed=False, tagged=False, db=db)
 
     head = branches.get(DEFAULT_BRANCH)
     manifest_bytes = manifest_file_bytes(version)
-    commit_sha = None
+    commit_sha: str | None = None
     stale: list[str] = []
     if head is not None:
         head = _checked_sha(head, repo_id)
@@ -706,14 +713,16 @@ def _holds_version(tree: dict[str, Any], version: VersionInfo, manifest_bytes: b
     every file with the same content (LFS sha256, or git blob id for regular files), read from the
     tree listing alone (no download). The card may differ (it is regenerated on every push)."""
     store = BlobStore()
+    def manifest_oid() -> str:
+        return _git_blob_sha1_bytes(manifest_bytes)
+
     wanted: dict[str, tuple[int, Callable[[], str], str]] = {
-        MANIFEST_FILENAME: (len(manifest_bytes), lambda: _git_blob_sha1_bytes(manifest_bytes), sha256_bytes(manifest_bytes)),
+        MANIFEST_FILENAME: (len(manifest_bytes), manifest_oid, sha256_bytes(manifest_bytes)),
     }
     for f in version.files:
-        path = store.open(f.sha256)
-        wanted[hub_path(f.path)] = (f.size, lambda path=path, size=f.size: _git_blob_sha1_file(path, size), f.sha256)
-    for path, (size, git_oid, sha256) in wanted.items():
-        entry = tree.get(path)
+        wanted[hub_path(f.path)] = (f.size, _file_oid(store.open(f.sha256), f.size), f.sha256)
+    for repo_path, (size, git_oid, sha256) in wanted.items():
+        entry = tree.get(repo_path)
         if entry is None or entry.size != size:
             return False
         lfs = getattr(entry, "lfs", None)
@@ -723,6 +732,11 @@ def _holds_version(tree: dict[str, Any], version: VersionInfo, manifest_bytes: b
         elif getattr(entry, "blob_id", None) != git_oid():
             return False
     return True
+
+
+def _file_oid(path: Path, size: int) -> Callable[[], str]:
+    """The git blob id of a stored file, computed only if asked (LFS entries carry a sha256 instead)."""
+    return lambda: _git_blob_sha1_file(path, size)
 
 
 def _git_blob_sha1_bytes(data: bytes) -> str:
@@ -986,9 +1000,9 @@ def _record_pull(
     version: VersionInfo, hub: HubClient, repo_id: str, commit_sha: str, tag: str | None, *, db: str | None
 ) -> VersionInfo:
     for copy in version.hub_copies:
-        if copy.endpoint == hub.endpoint and copy.repo_id == repo_id and copy.commit_sha == commit_sha:
-            if tag is None or copy.tag == tag:
-                return version  # already recorded: a repeated pull writes nothing
+        same_commit = copy.endpoint == hub.endpoint and copy.repo_id == repo_id and copy.commit_sha == commit_sha
+        if same_commit and (tag is None or copy.tag == tag):
+            return version  # already recorded: a repeated pull writes nothing
     return catalogue.record_hub_copy(
         version.ref, endpoint=hub.endpoint, repo_id=repo_id, commit_sha=commit_sha, tag=tag, db=db, action="pull"
     )

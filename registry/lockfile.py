@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.digest import PREFIX, parse_digest
-from registry.errors import UsageError
+from registry.errors import InvalidAdapterError, UsageError
 from registry.manifest import check_relative_path
 from registry.refs import split_name, validate_name
 
@@ -220,7 +220,7 @@ def _entry(raw: Any, bad: Any) -> LockEntry:
             raise bad(f"file {path[:100]!r}: 'size' must be a non-negative integer")
         try:
             check_relative_path(path, "lockfile")
-        except Exception as exc:  # InvalidAdapterError: report it as a lockfile problem
+        except InvalidAdapterError as exc:  # report it as a lockfile problem
             raise bad(str(exc)) from None
         if path in paths:
             raise bad(f"file {path!r} is listed twice")

@@ -18,9 +18,9 @@ import pytest
 from hub_fixtures import HUB_TOKEN
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
-
-from registry.cli.app import run
 from registry.cli import main as _main  # noqa: F401  (registers every command on the group)
+from registry.cli.app import run
+
 from registry.hubserver import HubServer
 
 REPO = "team/coach"
@@ -36,13 +36,13 @@ def spr_process(*argv: str, env: dict[str, str] | None = None) -> subprocess.Com
     """``spr`` in a fresh interpreter (the console script's own entry point)."""
     return subprocess.run(
         [sys.executable, "-c", "from registry.cli.main import main; main()", *argv],
-        env=env if env is not None else dict(os.environ), capture_output=True, text=True, timeout=120,
+        env=env if env is not None else dict(os.environ), capture_output=True, text=True, check=False, timeout=120,
     )
 
 
 @pytest.fixture
 def published(capsys: pytest.CaptureFixture[str], prompt_tuning_random: Path) -> str:
-    code, out, err = spr(capsys, "publish", str(prompt_tuning_random), "--name", REPO, "--eval", "eval_loss=2.5")
+    code, _out, err = spr(capsys, "publish", str(prompt_tuning_random), "--name", REPO, "--eval", "eval_loss=2.5")
     assert code == 0, err
     return f"{REPO}@1"
 
@@ -104,7 +104,7 @@ def test_sync_drift_exits_5_and_names_the_drift(
     doc["adapters"][0]["commit"] = "f" * 40
     lock.write_text(json.dumps(doc))
     monkeypatch.setenv("SPR_HOME", str(tmp_path / "deploy"))
-    code, out, err = spr(capsys, "sync", str(lock))
+    code, _out, err = spr(capsys, "sync", str(lock))
     assert code == 5
     assert "lockfile drift for team/coach@1" in err and "missing version" in err and len(err.strip().splitlines()) == 1
 
@@ -128,6 +128,7 @@ def test_pull_in_a_fresh_process_never_imports_torch_and_a_pinned_repeat_makes_n
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     code, out, err = spr(capsys, "--json", "push", published, "--repo", REPO)
+    assert code == 0, err
     sha = json.loads(out)["commit_sha"]
     env = {**os.environ, "SPR_HOME": str(tmp_path / "deploy")}
     env.pop("HF_TOKEN")
@@ -140,7 +141,7 @@ def test_pull_in_a_fresh_process_never_imports_torch_and_a_pinned_repeat_makes_n
         "sys.exit(code)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, "pull", f"{REPO}@{sha}", "--to", str(tmp_path / "out")],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("NO-TORCH")
     hub_server.clear_log()
@@ -179,9 +180,9 @@ def test_hub_serve_runs_a_server_that_the_client_can_use(tmp_path: Path) -> None
 
 
 def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = spr(capsys, "pull", "not a repo")
+    code, _out, err = spr(capsys, "pull", "not a repo")
     assert code == 2 and err.startswith("error: invalid")
-    code, out, err = spr(capsys, "push", "x@1", "--repo", "team/coach@v1")
+    code, _out, err = spr(capsys, "push", "x@1", "--repo", "team/coach@v1")
     assert code == 2 and "without a revision" in err
-    code, out, err = spr(capsys, "sync", "/nonexistent.lock")
+    code, _out, err = spr(capsys, "sync", "/nonexistent.lock")
     assert code == 2 and "cannot read lockfile" in err

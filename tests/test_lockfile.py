@@ -14,7 +14,12 @@ from hub_fixtures import HUB_TOKEN
 from huggingface_hub import HfApi
 
 from registry import catalogue, hub, lockfile
-from registry.errors import AdapterNotFoundError, HubError, LockfileDriftError, UsageError
+from registry.errors import (
+    AdapterNotFoundError,
+    HubError,
+    LockfileDriftError,
+    UsageError,
+)
 from registry.hubserver import HubServer
 from registry.store import BlobStore
 
