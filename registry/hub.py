@@ -374,6 +374,8 @@ class HubClient:
             )
         if isinstance(exc, HfHubHTTPError):
             message = (exc.server_message or "").strip().splitlines()[0][:200] if exc.server_message else ""
+            if isinstance(self._token_value, str) and self._token_value:
+                message = message.replace(self._token_value, "<token>")  # a server may echo what it was sent
             if status == 403:
                 return HubError(
                     f"{what}: {self.endpoint} forbids this for {repo_id} (403){': ' + message if message else ''}",
