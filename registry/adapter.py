@@ -138,7 +138,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         )
     try:
         config = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise InvalidAdapterError(
             f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})",
             hint="re-save the adapter with PEFT's save_pretrained()",

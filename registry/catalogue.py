@@ -135,7 +135,7 @@ def read_training_args(path: Path) -> dict[str, Any]:
         doc = json.loads(Path(path).read_bytes())
     except OSError as exc:
         raise UsageError(f"cannot read training arguments {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise UsageError(f"training arguments {path} are not valid JSON", hint="pass a JSON object") from None
     if not isinstance(doc, dict):
         raise UsageError(f"training arguments {path}: expected a JSON object, found {type(doc).__name__}")

@@ -87,7 +87,7 @@ def parse(data: bytes, *, expected_digest: str | None = None, where: str = "mani
         raise InvalidAdapterError(f"{where} is {len(data)} bytes; a manifest is under {MAX_MANIFEST_BYTES}")
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise InvalidAdapterError(f"{where} is not valid JSON", hint="the remote copy is damaged; re-push it") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise InvalidAdapterError(
@@ -120,6 +120,7 @@ def parse(data: bytes, *, expected_digest: str | None = None, where: str = "mani
     parent = doc.get("parent")
     if parent is not None and not (isinstance(parent, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", parent)):
         raise InvalidAdapterError(f"{where}: 'parent' must be a sha256 digest")
+    _check_sections(doc, where)
     if expected_digest is not None:
         actual = digest_of(doc)
         if actual != expected_digest:
@@ -132,11 +133,85 @@ def parse(data: bytes, *, expected_digest: str | None = None, where: str = "mani
     return doc
 
 
+_PEFT_INTS = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_layers", "num_attention_heads", "lora_r")
+_PEFT_STRS = ("task_type", "init_method", "init_text", "tokenizer", "peft_version")
+_BASE_INTS = ("hidden_size", "vocab_size", "num_layers", "num_heads")
+_BASE_STRS = ("revision", "architecture", "model_type", "config_digest", "embedding_fingerprint", "tokenizer_digest", "source")
+_MAX_INT = 2**31 - 1  # the catalogue's integer columns (PostgreSQL int4)
+
+
+def _check_sections(doc: dict[str, Any], where: str) -> None:
+    """Type-check what the catalogue reads from a manifest, so an accepted one can be imported.
+
+    A manifest from a Hub is hostile until checked: a missing ``peft_type`` or a string where a
+    number belongs would otherwise fail later, deep in an import, as something other than a
+    registry error.
+    """
+    from registry.adapter import SUPPORTED_TYPES
+
+    def bad(what: str) -> InvalidAdapterError:
+        return InvalidAdapterError(f"{where}: {what}", hint="the manifest is damaged or was not written by spr")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT
+
+    peft = doc["peft"]
+    if not isinstance(peft.get("peft_type"), str) or peft["peft_type"] not in SUPPORTED_TYPES:
+        raise bad(f"peft.peft_type must be one of {', '.join(SUPPORTED_TYPES)}")
+    for key in _PEFT_INTS:
+        if peft.get(key) is not None and not is_int(peft[key]):
+            raise bad(f"peft.{key} must be a non-negative integer or null")
+    for key in _PEFT_STRS:
+        if peft.get(key) is not None and not isinstance(peft[key], str):
+            raise bad(f"peft.{key} must be a string or null")
+    targets = peft.get("target_modules")
+    if targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise bad("peft.target_modules must be a list of strings")
+    for t in doc["tensors"]:
+        if (
+            not isinstance(t, dict)
+            or not isinstance(t.get("name"), str)
+            or not isinstance(t.get("dtype"), str)
+            or not isinstance(t.get("shape"), list)
+            or len(t["shape"]) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in t["shape"])
+        ):
+            raise bad(f"malformed tensor entry {str(t)[:120]}")
+    base = doc.get("base_model")
+    if base is not None:
+        if not isinstance(base, dict) or not isinstance(base.get("name"), str):
+            raise bad("base_model must be null or an object with a 'name'")
+        for key in _BASE_INTS:
+            if base.get(key) is not None and not is_int(base[key]):
+                raise bad(f"base_model.{key} must be a non-negative integer or null")
+        for key in _BASE_STRS:
+            if base.get(key) is not None and not isinstance(base[key], str):
+                raise bad(f"base_model.{key} must be a string or null")
+        if base.get("is_encoder_decoder") is not None and not isinstance(base["is_encoder_decoder"], bool):
+            raise bad("base_model.is_encoder_decoder must be true, false or null")
+    dataset = doc.get("dataset")
+    if dataset is not None:
+        if not isinstance(dataset, dict) or not (
+            isinstance(dataset.get("digest"), str) and re.fullmatch(r"sha256:[0-9a-f]{64}", dataset["digest"])
+        ):
+            raise bad("dataset must be null or an object with a 'digest' (sha256:<hex>)")
+        for key in ("name", "format"):
+            if dataset.get(key) is not None and not isinstance(dataset[key], str):
+                raise bad(f"dataset.{key} must be a string or null")
+        for key in ("records", "size"):
+            if dataset.get(key) is not None and not (
+                isinstance(dataset[key], int) and not isinstance(dataset[key], bool) and dataset[key] >= 0
+            ):
+                raise bad(f"dataset.{key} must be a non-negative integer or null")
+    if doc.get("template") is not None and not isinstance(doc["template"], str):
+        raise bad("template must be a string or null")
+
+
 def check_relative_path(path: str, where: str) -> str:
     """Refuse a file path that could escape a directory (``..``, absolute, backslashes, control chars)."""
     parts = path.split("/")
     if (
-        not _SAFE_PATH.match(path)
+        not _SAFE_PATH.fullmatch(path)
         or any(p in ("", ".", "..") for p in parts)
         or path.startswith("/")
     ):

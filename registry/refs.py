@@ -44,7 +44,8 @@ class Ref:
 
 def validate_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is a safe adapter or namespace name; raise :class:`UsageError` otherwise."""
-    if not _NAME.match(value or "") or ".." in value or value.endswith(".git"):
+    # fullmatch, not match: "$" also matches before a trailing newline ("coach\n" must fail).
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value or value.endswith(".git"):
         raise UsageError(
             f"invalid {what} {value!r}: expected 1-96 letters, digits, '-', '_' or '.', "
             "starting with a letter or digit",
@@ -55,7 +56,7 @@ def validate_name(value: str, what: str = "name") -> str:
 
 def validate_alias(value: str) -> str:
     """Return ``value`` if it is a valid alias (starts with a letter, so it never looks like a number)."""
-    if not _ALIAS.match(value or "") or value.lower() == "latest":
+    if not isinstance(value, str) or not _ALIAS.fullmatch(value) or ".." in value or value.lower() == "latest":
         raise UsageError(
             f"invalid alias {value!r}: expected a letter followed by letters, digits, '-', '_' or '.' "
             "('latest' is reserved)",
@@ -91,7 +92,7 @@ def parse_ref(text: str) -> Ref:
             f"invalid reference {text!r}: nothing after '@'",
             hint="write a version number, an alias or a digest, e.g. 'coach@2' or 'coach@prod'",
         )
-    if selector.isdigit():
+    if selector.isascii() and selector.isdigit():  # str.isdigit() accepts "²", which int() refuses
         number = int(selector)
         if number < 1 or number > 10**9:
             raise UsageError(f"invalid version number {selector!r} in {text!r}: versions start at 1")
