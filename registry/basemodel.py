@@ -40,7 +40,6 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -537,6 +536,8 @@ def embedding_fingerprint(
         return data
 
     if threads > 1 and len(spans) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=threads) as pool:
             blocks = list(pool.map(fetch, spans))
     else:
