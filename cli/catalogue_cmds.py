@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-from rich.table import Table
-from rich.tree import Tree
+from typing import TYPE_CHECKING
 
-from registry import catalogue
+import click
+
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.output import hashing_progress, short_digest, stdout, when
-from registry.types import Lineage, VersionInfo, VersionSummary
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
+
+    from registry.types import Lineage, VersionInfo, VersionSummary
+
+# Library modules are imported inside each command: `spr --help` and the commands that do not
+# touch the catalogue start without loading SQLAlchemy.
 
 
 @cli.command()
@@ -35,6 +41,8 @@ def publish(
     template: str | None, description: str | None, tags: tuple[str, ...], author: str | None,
 ) -> None:
     """Publish the PEFT adapter in DIRECTORY as a new version of NAME."""
+    from registry import catalogue
+
     options = catalogue.PublishOptions(
         base_model=base_model,
         dataset=dataset,
@@ -64,6 +72,8 @@ def publish(
 @pass_app
 def show(app: AppContext, ref: str) -> None:
     """Show everything recorded about a version."""
+    from registry import catalogue
+
     version = catalogue.get_version(ref, db=app.db)
     emit(app, version, lambda: render_version(version))
 
@@ -125,6 +135,8 @@ def render_version(v: VersionInfo) -> None:
 
 
 def render_summaries(items: list[VersionSummary]) -> None:
+    from rich.table import Table
+
     if not items:
         click.echo("no versions", err=True)
         return
@@ -156,6 +168,8 @@ def _short_path(value: str | None, limit: int = 32) -> str:
 def list_(app: AppContext, base_model: str | None, peft_type: str | None, dataset: str | None,
           include_inactive: bool, limit: int) -> None:
     """List published versions, newest first."""
+    from registry import catalogue
+
     items = catalogue.list_versions(
         db=app.db, base_model=base_model, peft_type=peft_type, dataset=dataset,
         include_inactive=include_inactive, limit=limit,
@@ -169,6 +183,8 @@ def list_(app: AppContext, base_model: str | None, peft_type: str | None, datase
 @pass_app
 def versions(app: AppContext, name: str) -> None:
     """List every version of one adapter."""
+    from registry import catalogue
+
     items = catalogue.versions(name, db=app.db)
     emit(app, items, lambda: render_summaries(items))
 
@@ -185,6 +201,8 @@ def alias() -> None:
 @pass_app
 def alias_set(app: AppContext, ref: str, alias_name: str) -> None:
     """Point ALIAS at the version REF (the move is logged)."""
+    from registry import catalogue
+
     version = catalogue.set_alias(ref, alias_name, db=app.db)
     emit(app, version, lambda: click.echo(f"{version.full_name}@{alias_name} -> {version.number}"))
 
@@ -195,6 +213,8 @@ def alias_set(app: AppContext, ref: str, alias_name: str) -> None:
 @pass_app
 def alias_rm(app: AppContext, name: str, alias_name: str) -> None:
     """Remove ALIAS from adapter NAME (logged)."""
+    from registry import catalogue
+
     catalogue.remove_alias(name, alias_name, db=app.db)
     click.echo(f"removed alias {alias_name} from {name}", err=True)
 
@@ -206,6 +226,8 @@ def alias_rm(app: AppContext, name: str, alias_name: str) -> None:
 @pass_app
 def deprecate(app: AppContext, ref: str, reason: str) -> None:
     """Mark a version deprecated (still resolvable by number, alias or digest)."""
+    from registry import catalogue
+
     version = catalogue.deprecate(ref, reason, db=app.db)
     emit(app, version, lambda: click.echo(f"deprecated {version.ref}: {reason}"))
 
@@ -241,6 +263,8 @@ def eval_() -> None:
 @pass_app
 def eval_add(app: AppContext, ref: str, scores: tuple[str, ...], split: str | None) -> None:
     """Record eval scores for REF (they accumulate over time)."""
+    from registry import catalogue
+
     version = None
     for text in scores:
         parsed = catalogue.parse_eval(text)
@@ -258,6 +282,8 @@ def eval_add(app: AppContext, ref: str, scores: tuple[str, ...], split: str | No
 @pass_app
 def export(app: AppContext, ref: str, directory: Path) -> None:
     """Write REF as a standard PEFT directory, verifying every byte."""
+    from registry import catalogue
+
     path = catalogue.export(ref, directory, db=app.db)
     emit(app, {"ref": ref, "directory": str(path)}, lambda: click.echo(f"exported {ref} to {path}"))
 
@@ -268,6 +294,8 @@ def export(app: AppContext, ref: str, directory: Path) -> None:
 @pass_app
 def lineage(app: AppContext, ref: str) -> None:
     """Parents up to the root, with base model, dataset and eval scores."""
+    from registry import catalogue
+
     result = catalogue.lineage(ref, db=app.db)
     emit(app, result, lambda: render_lineage(result))
 
@@ -297,6 +325,8 @@ def _add_facts(tree: Tree, v: VersionInfo) -> None:
 
 
 def render_lineage(result: Lineage) -> None:
+    from rich.tree import Tree
+
     root = Tree(_node_label(result.version))
     _add_facts(root, result.version)
     node = root
@@ -316,6 +346,8 @@ def render_lineage(result: Lineage) -> None:
 @pass_app
 def log(app: AppContext, ref: str | None, limit: int | None) -> None:
     """The audit log (oldest first), optionally only for one adapter or version."""
+    from registry import catalogue
+
     items = catalogue.events(ref, db=app.db, limit=limit)
 
     def render() -> None:
@@ -336,6 +368,8 @@ def db_group() -> None:
 @pass_app
 def db_upgrade(app: AppContext) -> None:
     """Apply every pending migration to the catalogue."""
+    from registry import catalogue
+
     from registry import db
 
     revision = db.upgrade_url(app.db)

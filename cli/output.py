@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from registry.digest import ProgressCallback
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # smaller jobs finish before a bar is worth drawing
 
 
 def stdout() -> Console:
+    from rich.console import Console
+
     console = Console(highlight=False)
     if not console.is_terminal:
         # Piped output is read by scripts and grep: never fold a row into two lines.
@@ -22,6 +26,8 @@ def stdout() -> Console:
 
 
 def stderr() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False)
 
 

@@ -29,7 +29,15 @@ from registry import manifest as manifests
 from registry import settings
 from registry.dataset import dataset_from_digest, describe_dataset
 from registry.db import session_scope, write_with_retry
-from registry.digest import PREFIX, ProgressCallback, canonical_json, json_digest, parse_digest, sha256_bytes
+from registry.digest import (
+    PREFIX,
+    ProgressCallback,
+    canonical_json,
+    json_digest,
+    parse_digest,
+    sha256_bytes,
+    sha256_file,
+)
 from registry.errors import (
     AdapterNotFoundError,
     IntegrityError,
@@ -244,7 +252,11 @@ def import_manifest(
                 f"file {rel!r} listed in the manifest is missing from {directory}",
                 hint="the download is incomplete; pull again",
             )
-        sha, size = store.put_file(path)
+        if store.reuse(entry["sha256"]):
+            # Already stored (a re-pull, or shared with another version): check, don't copy.
+            sha, size = sha256_file(path)
+        else:
+            sha, size = store.put_file(path)
         if sha != entry["sha256"] or size != entry["size"]:
             raise IntegrityError(
                 f"file {rel!r} is sha256:{sha} ({size} bytes) but the manifest says "
@@ -368,7 +380,11 @@ def _record_version(
                 return PublishResult(_version_info(session, existing), created=False)
         latest = session.scalar(select(func.max(VersionRow.number)).where(VersionRow.adapter_id == adapter.id)) or 0
         number = latest + 1
-        if preferred_number is not None and preferred_number > latest:
+        if preferred_number is not None and session.scalar(
+            select(VersionRow.id).where(VersionRow.adapter_id == adapter.id, VersionRow.number == preferred_number)
+        ) is None:
+            # A pulled version keeps its publisher's number when it is free here (numbers are
+            # never deleted, so a free number was never used).
             number = preferred_number
         peft = manifest["peft"]
         row = VersionRow(

@@ -32,6 +32,14 @@ class BlobStore:
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
+    def reuse(self, sha256: str) -> bool:
+        """True when the blob is already stored; it is then marked fresh so gc's grace period covers it."""
+        path = self.path(sha256)
+        if not path.is_file():
+            return False
+        _touch(path)
+        return True
+
     def put_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
         """Copy ``source`` into the store, hashing on the way. Returns ``(sha256, size)``.
 
@@ -68,8 +76,7 @@ class BlobStore:
     def put_bytes(self, data: bytes) -> str:
         """Store ``data``; returns its sha256."""
         digest = hashlib.sha256(data).hexdigest()
-        if self.has(digest):
-            _touch(self.path(digest))
+        if self.reuse(digest):
             return digest
         shard_tmp = self.root / "sha256"
         shard_tmp.mkdir(parents=True, exist_ok=True)
@@ -143,6 +150,8 @@ class BlobStore:
                     expected=sha256,
                     found=h.hexdigest(),
                 )
+            # mkstemp creates 0600; exported adapters are ordinary files, as PEFT writes them.
+            os.chmod(tmp, 0o644)
             os.replace(tmp, destination)
         except BaseException:
             tmp.unlink(missing_ok=True)
