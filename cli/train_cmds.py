@@ -158,6 +158,7 @@ def train(
         "heldout_file": str(write_heldout) if heldout_info else None,
         "training": result.training,
         "timings": result.timings,
+        "step_seconds": result.step_seconds,
     }
 
     def render() -> None:

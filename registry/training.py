@@ -612,6 +612,7 @@ class TrainResult:
     train_tokens: int
     steps: int
     timings: dict[str, float]  # seconds: load, train, eval, lineage (identify + digests + publish), total
+    step_seconds: tuple[float, ...] = ()  # wall seconds of each optimizer step (not recorded: it varies)
     adapter_dir: Path | None = None  # where the adapter was written (``output_dir``), else None
     published: PublishResult | None = None
     heldout: tuple[Example, ...] = ()
@@ -770,6 +771,7 @@ def _run(
         train_tokens=outcome["tokens"],
         steps=outcome["steps"],
         timings=timings,
+        step_seconds=tuple(outcome["step_seconds"]),
         adapter_dir=output_dir,
         published=published,
         heldout=tuple(plan.eval_examples) if plan.eval_split_name else (),
@@ -846,8 +848,6 @@ def _plan(config: TrainConfig, *, db: str | None) -> _Plan:
                 digest=PREFIX + sha256_bytes(raw), name=f"{data.info.name}#{split_name}", format="jsonl",
                 records=len(eval_examples), size=len(raw),
             )
-        else:
-            fraction = None
     timings["heldout"] = time.perf_counter() - t0
     return _Plan(
         peft_type=peft_type, method=method, init=init, virtual_tokens=virtual_tokens, template=template,
@@ -1049,6 +1049,7 @@ def _train_in(
     log_every = max(1, math.ceil(total_steps / MAX_CURVE_POINTS))
     batch_tokens: list[int] = []
     curve: list[tuple[int, float]] = []
+    step_seconds: list[float] = []
 
     def collate(features: list[dict[str, list[int]]]) -> dict[str, Any]:
         batch = pad_batch(features, pad_id, seq2seq=seq2seq)
@@ -1071,7 +1072,11 @@ def _train_in(
                 if progress is not None:
                     progress(int(state.global_step), int(state.max_steps), value)
 
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.step_started = time.perf_counter()
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            step_seconds.append(time.perf_counter() - self.step_started)
             _current_step["step"] = int(state.global_step)
             if progress is not None and state.global_step % log_every:
                 # Steps that are not logged still move the bar; logged ones report from on_log.
@@ -1170,7 +1175,10 @@ def _train_in(
     }
     if plan.peft_type == "LORA":
         training.update(lora_r=config.lora_r, lora_alpha=peft_model.peft_config["default"].lora_alpha, lora_dropout=config.lora_dropout)
-    return {"training": training, "evals": evals, "curve": curve, "before": before, "tokens": tokens, "steps": steps}
+    return {
+        "training": training, "evals": evals, "curve": curve, "before": before, "tokens": tokens, "steps": steps,
+        "step_seconds": step_seconds,
+    }
 
 
 def _perplexity(loss: float) -> float:

@@ -243,6 +243,17 @@ def test_parent_on_another_base_is_refused(capsys: pytest.CaptureFixture[str], t
     assert len(catalogue.list_versions()) == 1
 
 
+@pytest.mark.parametrize(("method", "peft_type"), [("p-tuning", "P_TUNING"), ("prefix-tuning", "PREFIX_TUNING")])
+def test_other_prompt_learning_methods(capsys: pytest.CaptureFixture[str], tiny_bloom: Path, coach_text: Path,
+                                       method: str, peft_type: str) -> None:
+    code, _, err = spr(capsys, "train", "--base-model", str(tiny_bloom), "--dataset", str(coach_text), "--name", "team/m",
+                       "--method", method, "--virtual-tokens", "6", "--max-steps", "2", "--eval-split", "0", *FAST)
+    assert code == 0, err
+    v = catalogue.get_version("team/m")
+    assert (v.peft_type, v.num_virtual_tokens, v.eval_scores) == (peft_type, 6, ())
+    assert (v.training["eval_split"], v.training["eval_examples"], v.training["steps"]) == (0.0, 0, 2)
+
+
 def test_text_init_takes_its_token_count(capsys: pytest.CaptureFixture[str], tiny_bloom: Path, coach_text: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -346,6 +357,13 @@ def test_split_is_seeded_and_named() -> None:
     assert held_a == held_b and len(held_a) == 2 and len(train_a) == 18 and set(held_a).isdisjoint(train_a)
     assert held_a != held_c
     assert [training.heldout_split_name(f) for f in (0.1, 0.125, 0.5)] == ["heldout-10%", "heldout-12.5%", "heldout-50%"]
+
+
+def test_training_commands_start_without_torch() -> None:
+    probe = "import sys; from registry.cli.main import run; code = run(sys.argv[1:]); print(code, 'torch' in sys.modules)"
+    for command in ("train", "generate", "eval"):
+        proc = subprocess.run([sys.executable, "-c", probe, command, "--help"], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip().splitlines()[-1] == "0 False", (command, proc.stdout, proc.stderr)
 
 
 def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
