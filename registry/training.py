@@ -59,6 +59,7 @@ from registry.dataset import FORMATS, describe_dataset, read_texts
 from registry.digest import PREFIX, canonical_json, sha256_bytes
 from registry.errors import (
     DependencyMissingError,
+    HubError,
     InterruptedOperationError,
     InvalidBaseModelError,
     InvalidDatasetError,
@@ -539,19 +540,20 @@ def load_base_model(spec: str, info: BaseModelInfo | None = None) -> tuple[Any, 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = Path(spec).expanduser()
-    if path.is_dir():
-        source, revision = str(path.resolve()), None
-    else:
-        name, _, rev = spec.partition("@")
-        source, revision = name, (rev or (info.revision if info else None))
-    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
     try:
+        if path.is_dir():
+            source = str(path.resolve())
+        else:
+            source = _download_base(spec, info)
         with quiet():
-            config = AutoConfig.from_pretrained(source, **kwargs)
+            config = AutoConfig.from_pretrained(source)
             seq2seq = bool(getattr(config, "is_encoder_decoder", False))
             cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-            model = cls.from_pretrained(source, dtype=torch.float32, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = cls.from_pretrained(source, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        if not path.is_dir():
+            # Name the model as the repo it came from (PEFT records this as base_model_name_or_path).
+            model.config._name_or_path = model.name_or_path = spec.partition("@")[0]
     except (OSError, ValueError, KeyError) as exc:
         raise InvalidBaseModelError(
             f"cannot load base model {spec!r} with transformers: {str(exc).splitlines()[0][:300]}",
@@ -562,6 +564,25 @@ def load_base_model(spec: str, info: BaseModelInfo | None = None) -> tuple[Any, 
     if tokenizer.pad_token_id is None:
         raise InvalidBaseModelError(f"the tokenizer of {spec!r} has neither a pad nor an eos token", hint="use a tokenizer with an eos token")
     return model, tokenizer, seq2seq
+
+
+def _download_base(spec: str, info: BaseModelInfo | None) -> str:
+    """Fetch a Hub base at the commit its identity was measured at; return the local snapshot."""
+    from huggingface_hub import snapshot_download
+
+    name, _, revision = spec.partition("@")
+    pinned = info.revision if info is not None and info.revision else (revision or None)
+    try:
+        with quiet():
+            return str(snapshot_download(
+                name, revision=pinned, endpoint=settings.hub_endpoint(), token=settings.hub_token(),
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
+            ))
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types; all mean "not fetched"
+        raise HubError(
+            f"cannot download base model {name}@{pinned or 'main'} from {settings.hub_endpoint()}: {str(exc)[:200]}",
+            hint="check the network, HF_ENDPOINT and HF_TOKEN, or pass a local directory",
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -981,7 +1002,7 @@ def _build_model(config: TrainConfig, plan: _Plan, model: Any, tokenizer: Any, s
         if virtual is None and init_text:
             # The tutorials' habit: as many virtual tokens as the init text has tokens.
             virtual = len(tokenizer(init_text)["input_ids"])
-        tokenizer_kwargs = {"revision": revision} if revision else None
+        tokenizer_kwargs = {"revision": revision} if revision and plan.init == "TEXT" else None  # PEFT: TEXT only
         peft_config = peft.PromptTuningConfig(
             num_virtual_tokens=virtual, prompt_tuning_init=plan.init, prompt_tuning_init_text=init_text,
             tokenizer_name_or_path=base_name, tokenizer_kwargs=tokenizer_kwargs, **common,

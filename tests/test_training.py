@@ -254,6 +254,32 @@ def test_other_prompt_learning_methods(capsys: pytest.CaptureFixture[str], tiny_
     assert (v.training["eval_split"], v.training["eval_examples"], v.training["steps"]) == (0.0, 0, 2)
 
 
+def test_base_model_from_the_hub(capsys: pytest.CaptureFixture[str], hub_server: Any, tiny_bloom: Path, coach_text: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import HfApi
+
+    from hub_fixtures import HUB_TOKEN
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    api = HfApi(endpoint=hub_server.url, token=HUB_TOKEN)
+    api.create_repo("tester/tiny-bloom")
+    commit = api.upload_folder(repo_id="tester/tiny-bloom", folder_path=str(tiny_bloom)).oid
+    code, _, err = spr(capsys, "train", "--base-model", "tester/tiny-bloom", "--dataset", str(coach_text), "--name", "team/hub",
+                       "--max-steps", "1", *FAST)
+    assert code == 0, err
+    v = catalogue.get_version("team/hub")
+    assert v.base_model is not None
+    assert (v.base_model.source, v.base_model.name, v.base_model.revision) == ("hub", "tester/tiny-bloom", commit)
+    assert v.base_model.embedding_fingerprint == basemodel.identify(str(tiny_bloom)).embedding_fingerprint
+    assert (v.peft_config["base_model_name_or_path"], v.peft_config["revision"]) == ("tester/tiny-bloom", commit)
+    # The recorded base is not a local directory: generation needs --base-model, then verifies it.
+    code, _, err = spr(capsys, "generate", "team/hub", "--prompt", "Hi")
+    assert code == EXIT_USAGE and "--base-model" in err
+    code, out, err = spr(capsys, "generate", "team/hub", "--prompt", "Hi", "--base-model", f"tester/tiny-bloom@{commit}",
+                         "--max-new-tokens", "3")
+    assert code == 0, err
+
+
 def test_text_init_takes_its_token_count(capsys: pytest.CaptureFixture[str], tiny_bloom: Path, coach_text: Path) -> None:
     from transformers import AutoTokenizer
 
