@@ -24,6 +24,7 @@ import pytest
 
 from hub_fixtures import *  # noqa: F401,F403
 from model_fixtures import *  # noqa: F401,F403
+import ops_support
 from ops_support import PostgresServer, backend_name, postgres_admin_dsn
 
 _PG_UNREACHABLE: list[str] = []  # why the PostgreSQL half was skipped, if it was
@@ -40,9 +41,11 @@ def postgres_server() -> Iterator[PostgresServer]:
     """The PostgreSQL server of the PostgreSQL half, with a migrated template database."""
     server = PostgresServer()
     server.make_template()
+    ops_support.ACTIVE_SERVER = server  # for ops_support.switch_home (plain helpers have no fixtures)
     try:
         yield server
     finally:
+        ops_support.ACTIVE_SERVER = None
         server.close()
 
 

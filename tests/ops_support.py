@@ -16,6 +16,7 @@ import os
 import queue
 import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,56 @@ import numpy as np
 
 __all__ = [
     "PostgresServer",
+    "home_env",
+    "machine_env",
+    "switch_home",
     "WORKER",
     "alias_history_problems",
     "backend_name",
     "postgres_admin_dsn",
     "write_small_adapter",
 ]
+
+
+ACTIVE_SERVER: PostgresServer | None = None  # set by conftest's postgres_server fixture
+
+
+def home_env(home: Path | str) -> dict[str, str]:
+    """Environment of "another machine": its own SPR_HOME and, in the PostgreSQL half, its own database.
+
+    In the SQLite half the catalogue is the default file inside ``home``, so ``SPR_HOME`` is
+    enough. In the PostgreSQL half every test's catalogue is ``SPR_DATABASE_URL``: a test that
+    only changed ``SPR_HOME`` would keep the first catalogue. Use it for subprocesses:
+    ``env={**os.environ, **home_env(tmp_path / "deploy")}``.
+    """
+    env = {"SPR_HOME": str(home)}
+    if backend_name() == "postgresql":
+        if ACTIVE_SERVER is None:
+            raise RuntimeError("the postgres_server fixture is not active")
+        _name, url = ACTIVE_SERVER.create(extra=True)
+        env["SPR_DATABASE_URL"] = url
+    return env
+
+
+def machine_env() -> dict[str, str]:
+    """The current "machine": ``SPR_HOME`` and, if set, ``SPR_DATABASE_URL`` (to switch back later)."""
+    return {k: os.environ[k] for k in ("SPR_HOME", "SPR_DATABASE_URL") if k in os.environ}
+
+
+def switch_home(monkeypatch: Any, home: Path | str | Mapping[str, str]) -> dict[str, str]:
+    """Switch this test to another machine's empty catalogue and blob store (see :func:`home_env`).
+
+    ``home`` may also be a mapping returned by :func:`machine_env`, to switch back to that machine.
+    """
+    if isinstance(home, Mapping):
+        env = dict(home)
+        if "SPR_DATABASE_URL" not in env:
+            monkeypatch.delenv("SPR_DATABASE_URL", raising=False)
+    else:
+        env = home_env(home)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
 
 
 def write_small_adapter(directory: Path | str, seed: int, *, tokens: int = 4, dim: int = 64) -> Path:
@@ -84,6 +129,7 @@ class PostgresServer:
         self._counter = 0
         self.prefix = f"spr_t_{os.getpid()}_"
         self.template: str | None = None
+        self._extra: list[str] = []
         self._drops: queue.Queue[str | None] = queue.Queue()
         self._dropper = threading.Thread(target=self._drop_loop, name="pg-dropper", daemon=True)
         self._dropper.start()
@@ -129,9 +175,14 @@ class PostgresServer:
         self.template = name
         return name
 
-    def create(self, *, empty: bool = False) -> tuple[str, str]:
-        """A new database: a clone of the migrated template, or ``empty``. Returns ``(name, url)``."""
+    def create(self, *, empty: bool = False, extra: bool = False) -> tuple[str, str]:
+        """A new database: a clone of the migrated template, or ``empty``. Returns ``(name, url)``.
+
+        ``extra`` databases are dropped when the session ends (their creator has no teardown).
+        """
         name = self._next_name()
+        if extra:
+            self._extra.append(name)
         with self._lock:
             if empty or self.template is None:
                 self._conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
@@ -171,6 +222,8 @@ class PostgresServer:
 
     def close(self) -> None:
         """Drop the template, wait for pending drops, close connections."""
+        for name in self._extra:
+            self._drops.put(name)
         if self.template is not None:
             self._drops.put(self.template)
         self._drops.put(None)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ops_support import WORKER, alias_history_problems, write_small_adapter
+from ops_support import WORKER, alias_history_problems, switch_home, write_small_adapter
 from registry import audit, catalogue
 from registry.cli.main import run
 from registry.digest import sha256_file
@@ -30,10 +30,6 @@ def publish_some(tmp_path: Path, n: int = 3) -> None:
     for seed in range(n):
         catalogue.publish(write_small_adapter(tmp_path / f"a{seed}", seed), NAME)
     catalogue.set_alias(f"{NAME}@1", "prod")
-
-
-def switch_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    monkeypatch.setenv("SPR_HOME", str(home))
 
 
 def restored_catalogue_is_sound() -> audit.AuditReport:
