@@ -179,7 +179,8 @@ def test_event_chain_verifies_and_detects_edits(tmp_path: Path) -> None:
     assert catalogue.verify_event_chain() == []
     engine = db.get_engine()
     with engine.begin() as conn:  # someone with database access bypasses the guard
-        conn.execute(text("DROP TRIGGER guard_event_update"))
+        on = " ON event" if engine.dialect.name == "postgresql" else ""
+        conn.execute(text(f"DROP TRIGGER guard_event_update{on}"))
         conn.execute(text("UPDATE event SET actor = 'mallory' WHERE id = 2"))
     problems = catalogue.verify_event_chain()
     assert len(problems) == 1 and "event 2" in problems[0] and "edited" in problems[0]

@@ -18,6 +18,7 @@ import pytest
 from hub_fixtures import HUB_TOKEN
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
+from ops_support import home_env, switch_home
 from registry.cli import main as _main  # noqa: F401  (registers every command on the group)
 from registry.cli.app import run
 
@@ -77,7 +78,7 @@ def test_push_pull_lock_sync_from_the_command_line(
     code, out, err = spr(capsys, "lock", published, "-o", str(tmp_path / "adapters.lock"))
     assert code == 0 and "locked 1 adapter(s)" in out
 
-    monkeypatch.setenv("SPR_HOME", str(tmp_path / "deploy"))
+    switch_home(monkeypatch, tmp_path / "deploy")
     code, out, err = spr(capsys, "pull", f"{REPO}@v1", "--to", str(tmp_path / "out"), "--json")
     assert code == 0, err
     pulled = json.loads(out)
@@ -86,7 +87,7 @@ def test_push_pull_lock_sync_from_the_command_line(
     code, out, err = spr(capsys, "pull", f"{REPO}@1")
     assert code == 0 and out.startswith("already in the catalogue: team/coach@1")
 
-    monkeypatch.setenv("SPR_HOME", str(tmp_path / "deploy2"))
+    switch_home(monkeypatch, tmp_path / "deploy2")
     code, out, err = spr(capsys, "sync", str(tmp_path / "adapters.lock"), "--to", str(tmp_path / "srv"), "--frozen")
     assert code == 0, err
     assert "imported team/coach@1" in out and (tmp_path / "srv" / "team" / "coach@1" / "adapter_config.json").is_file()
@@ -103,7 +104,7 @@ def test_sync_drift_exits_5_and_names_the_drift(
     doc = json.loads(lock.read_text())
     doc["adapters"][0]["commit"] = "f" * 40
     lock.write_text(json.dumps(doc))
-    monkeypatch.setenv("SPR_HOME", str(tmp_path / "deploy"))
+    switch_home(monkeypatch, tmp_path / "deploy")
     code, _out, err = spr(capsys, "sync", str(lock))
     assert code == 5
     assert "lockfile drift for team/coach@1" in err and "missing version" in err and len(err.strip().splitlines()) == 1
@@ -130,7 +131,7 @@ def test_pull_in_a_fresh_process_never_imports_torch_and_a_pinned_repeat_makes_n
     code, out, err = spr(capsys, "--json", "push", published, "--repo", REPO)
     assert code == 0, err
     sha = json.loads(out)["commit_sha"]
-    env = {**os.environ, "SPR_HOME": str(tmp_path / "deploy")}
+    env = {**os.environ, **home_env(tmp_path / "deploy")}
     env.pop("HF_TOKEN")
     probe = (
         "import sys\n"

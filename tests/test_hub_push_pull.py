@@ -20,6 +20,7 @@ import pytest
 from hub_fixtures import HUB_TOKEN
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
+from ops_support import switch_home
 from registry import catalogue, hub, manifest
 from registry.errors import (
     AdapterNotFoundError,
@@ -45,7 +46,7 @@ TAG_ROUTE = ("POST", "/api/{type}/{repo}/tag/{rev}")
 
 def use_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     """Switch the registry to another SPR_HOME (catalogue + blob store): read at call time."""
-    monkeypatch.setenv("SPR_HOME", str(home))
+    switch_home(monkeypatch, home)  # in the PostgreSQL half: its own database too
 
 
 def publish_pair(prompt_tuning_random: Path, prompt_tuning_text: Path, dataset: Path) -> tuple[str, str]:

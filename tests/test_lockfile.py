@@ -13,6 +13,7 @@ import pytest
 from hub_fixtures import HUB_TOKEN
 from huggingface_hub import HfApi
 
+from ops_support import machine_env, switch_home
 from registry import catalogue, hub, lockfile
 from registry.errors import (
     AdapterNotFoundError,
@@ -44,7 +45,7 @@ def pushed(
 
 def deploy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str = "deploy") -> Path:
     home = tmp_path / name
-    monkeypatch.setenv("SPR_HOME", str(home))
+    switch_home(monkeypatch, home)
     return home
 
 
@@ -201,6 +202,7 @@ def test_missing_commit_and_missing_repo_are_drift(
 def test_different_manifest_digest_and_edited_file_list_are_drift(
     pushed: dict[str, hub.PushResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    publisher = machine_env()
     path = tmp_path / "adapters.lock"
     hub.lock(["team/coach@1"], path)
     # The lock names v2's commit under v1's digest: what the Hub serves there is another version.
@@ -208,7 +210,7 @@ def test_different_manifest_digest_and_edited_file_list_are_drift(
     deploy(monkeypatch, tmp_path)
     with pytest.raises(LockfileDriftError, match=f"manifest digest differs: the Hub has {pushed['v2'].digest}"):
         hub.sync(path)
-    monkeypatch.setenv("SPR_HOME", str(tmp_path / "spr-home"))  # back to the publisher to lock again
+    switch_home(monkeypatch, publisher)  # back to the publisher to lock again
     hub.lock(["team/coach@1"], path)
     edit(path, lambda d: d["adapters"][0]["files"][0].update(size=d["adapters"][0]["files"][0]["size"] + 1))
     deploy(monkeypatch, tmp_path)
