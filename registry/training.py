@@ -632,7 +632,9 @@ class TrainResult:
     eval_loss_before: float | None
     train_tokens: int
     steps: int
-    timings: dict[str, float]  # seconds: load, train, eval, lineage (identify + digests + publish), total
+    # Seconds: load, train (wall), train_cpu (CPU time of this process while training), eval,
+    # identify, dataset, heldout, parent, publish, lineage (the sum of the last five), total.
+    timings: dict[str, float]
     step_seconds: tuple[float, ...] = ()  # wall seconds of each optimizer step (not recorded: it varies)
     adapter_dir: Path | None = None  # where the adapter was written (``output_dir``), else None
     published: PublishResult | None = None
@@ -938,25 +940,20 @@ def _recorded_local_base(parent: VersionInfo | None) -> str:
         if Path(parent.base_model.name).is_dir():
             return parent.base_model.name
     raise UsageError(
-        "--base-model is required" + (f" (the parent's recorded base is not a local directory here)" if parent else ""),
+        "--base-model is required" + (" (the parent's recorded base is not a local directory here)" if parent else ""),
         hint="pass --base-model DIR or REPO[@REV]",
     )
 
 
 def _check_parent_fits(parent: VersionInfo, base_facts: Any, *, allow_different_base: bool, db: str | None) -> None:
-    from registry import catalogue, compat, manifest
+    """Refuse a parent that does not fit the base (or whose stored bytes changed), before training."""
+    from registry import loading
 
-    report = compat.check(
-        manifest.facts_from_manifest(parent.manifest), base_facts, parent.base_model, subject=parent.ref,
-        installed_peft=compat.installed_peft_version(), allow_different_base=allow_different_base,
+    report = loading.verify(
+        f"{parent.full_name}@{parent.digest}", base_facts, db=db, allow_different_base=allow_different_base,
+        via="train --parent",
     )
     report.raise_if_incompatible()
-    if report.overridden:
-        catalogue.log_event(
-            "allow-different-base", parent.ref,
-            {"digest": parent.digest, "base_model": base_facts.info.name, "codes": list(report.codes), "for": "train --parent"},
-            db=db,
-        )
 
 
 def _build_model(config: TrainConfig, plan: _Plan, model: Any, tokenizer: Any, seq2seq: bool, work: Path) -> Any:
@@ -980,13 +977,16 @@ def _build_model(config: TrainConfig, plan: _Plan, model: Any, tokenizer: Any, s
         peft_config = peft.PeftConfig.from_pretrained(str(parent_dir))
         peft_config.inference_mode = False
         original_init = getattr(peft_config, "prompt_tuning_init", None)
+        original_kwargs = getattr(peft_config, "tokenizer_kwargs", None)
         if original_init is not None:
             # Build without re-running the init (a TEXT init would re-read the recorded tokenizer path).
             peft_config.prompt_tuning_init = peft.PromptTuningInit.RANDOM
+            peft_config.tokenizer_kwargs = None
         with quiet():
             peft_model = peft.get_peft_model(model, peft_config)
         if original_init is not None:
             peft_model.peft_config["default"].prompt_tuning_init = original_init
+            peft_model.peft_config["default"].tokenizer_kwargs = original_kwargs
         from safetensors.torch import load_file
 
         state = load_file(str(parent_dir / "adapter_model.safetensors"))
@@ -1130,11 +1130,12 @@ def _train_in(
         # Our own progress bar and loss curve replace transformers' printing of every log line.
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(HFProgress)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if total_steps > 0:
             output = trainer.train()
             steps = int(output.global_step)
         train_seconds = time.perf_counter() - t0
+        train_cpu_seconds = time.process_time() - cpu0
     tokens = sum(batch_tokens[:steps])  # the loader may have collated one batch ahead
 
     t0 = time.perf_counter()
@@ -1154,7 +1155,7 @@ def _train_in(
     peft_model.to("cpu")
     with quiet():
         peft_model.save_pretrained(str(adapter_dir))
-    plan.timings.update(load=load_seconds, train=train_seconds, eval=eval_seconds)
+    plan.timings.update(load=load_seconds, train=train_seconds, train_cpu=train_cpu_seconds, eval=eval_seconds)
 
     training: dict[str, Any] = {
         "trainer": "transformers.Trainer",
