@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from registry import audit as audits
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.output import hashing_progress
+
+from registry import audit as audits
 from registry.errors import EXIT_INTEGRITY
 
 

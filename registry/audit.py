@@ -605,7 +605,7 @@ class _HashingReader:
 def _add_blob(tar: tarfile.TarFile, store: BlobStore, sha: str, size: int, progress: ProgressCallback | None) -> None:
     path = store.path(sha)
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - closed by the "with f" below; only open() errors mean "missing"
     except OSError:
         raise IntegrityError(
             f"blob sha256:{sha} is referenced by the catalogue but missing from the store {store.root}",
@@ -775,6 +775,16 @@ def _install_stream(store: BlobStore, f: IO[bytes], sha: str, archive: Path, pro
 
 
 __all__ = [
-    "AuditReport", "BackupReport", "DEFAULT_GRACE_SECONDS", "ERROR_KINDS", "GcReport", "Problem", "WARNING_KINDS",
-    "audit", "backup", "gc", "read_backup_index", "restore",
+    "DEFAULT_GRACE_SECONDS",
+    "ERROR_KINDS",
+    "WARNING_KINDS",
+    "AuditReport",
+    "BackupReport",
+    "GcReport",
+    "Problem",
+    "audit",
+    "backup",
+    "gc",
+    "read_backup_index",
+    "restore",
 ]

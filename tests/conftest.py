@@ -20,11 +20,10 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
-from hub_fixtures import *  # noqa: F401,F403
-from model_fixtures import *  # noqa: F401,F403
 import ops_support
+import pytest
+from hub_fixtures import *
+from model_fixtures import *
 from ops_support import PostgresServer, backend_name, postgres_admin_dsn
 
 _PG_UNREACHABLE: list[str] = []  # why the PostgreSQL half was skipped, if it was

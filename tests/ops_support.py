@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "PostgresServer",
-    "home_env",
-    "machine_env",
-    "switch_home",
     "WORKER",
+    "PostgresServer",
     "alias_history_problems",
     "backend_name",
+    "home_env",
+    "machine_env",
     "postgres_admin_dsn",
+    "switch_home",
     "write_small_adapter",
 ]
 

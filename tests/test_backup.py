@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ops_support import WORKER, alias_history_problems, switch_home, write_small_adapter
-from registry import audit, catalogue
 from registry.cli.main import run
+
+from registry import audit, catalogue
 from registry.digest import sha256_file
 from registry.errors import IntegrityError, NotFoundError, UsageError
 from registry.store import BlobStore

@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from ops_support import WORKER, alias_history_problems, write_small_adapter
+
 from registry import audit, catalogue
 
 TESTS_DIR = str(Path(__file__).parent)

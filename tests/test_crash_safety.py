@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ops_support import alias_history_problems, write_small_adapter
-from registry import audit, catalogue
 from registry.cli.main import run
+
+from registry import audit, catalogue
 from registry.digest import sha256_file
 from registry.store import BlobStore
 

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
 from ops_support import write_small_adapter
+
 from registry import adapter, manifest, refs, tensorfile
 from registry.errors import RegistryError
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ops_support import write_small_adapter
 from sqlalchemy import Connection, inspect, text
 
-from ops_support import write_small_adapter
 from registry import audit, catalogue, db
 from registry import manifest as manifests
 from registry.adapter import read_adapter

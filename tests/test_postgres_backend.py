@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ops_support import write_small_adapter
+from registry.cli.main import run
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from ops_support import write_small_adapter
 from registry import audit, catalogue, db
-from registry.cli.main import run
 from registry.errors import DatabaseError, SchemaError
 
 pytestmark = pytest.mark.postgres_only
@@ -38,19 +38,19 @@ def test_a_team_server_walkthrough(tmp_path: Path, fresh_database_url: Callable[
     env = {**os.environ, "SPR_DATABASE_URL": url}
     spr = [sys.executable, "-m", "registry.cli.main"]
 
-    refused = subprocess.run([*spr, "list"], env=env, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run([*spr, "list"], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == SchemaError.exit_code
     assert "spr db upgrade" in refused.stderr
 
-    assert subprocess.run([*spr, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60).returncode == 0
+    assert subprocess.run([*spr, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60, check=False).returncode == 0
     adapter = write_small_adapter(tmp_path / "a", 1)
     published = subprocess.run([*spr, "--json", "publish", str(adapter), "--name", "team/coach"],
-                               env=env, capture_output=True, text=True, timeout=60)
+                               env=env, capture_output=True, text=True, timeout=60, check=False)
     assert published.returncode == 0, published.stderr
     assert json.loads(published.stdout)["version"]["number"] == 1
     # A second member (another SPR_HOME, the same server) sees it at once.
     other = {**env, "SPR_HOME": str(tmp_path / "other-member")}
-    shown = subprocess.run([*spr, "show", "team/coach@1", "--json"], env=other, capture_output=True, text=True, timeout=60)
+    shown = subprocess.run([*spr, "show", "team/coach@1", "--json"], env=other, capture_output=True, text=True, timeout=60, check=False)
     assert shown.returncode == 0 and json.loads(shown.stdout)["digest"] == json.loads(published.stdout)["version"]["digest"]
 
 
@@ -64,9 +64,8 @@ def test_the_database_refuses_edits_of_published_rows() -> None:
         ("DELETE FROM event", "the audit log is append-only"),
         ("UPDATE event SET actor = 'mallory'", "the audit log is append-only"),
     ]:
-        with pytest.raises(sa_exc.DBAPIError, match=message):
-            with engine.begin() as conn:
-                conn.execute(text(statement))
+        with pytest.raises(sa_exc.DBAPIError, match=message), engine.begin() as conn:
+            conn.execute(text(statement))
     catalogue.deprecate("team/coach@1", "superseded")  # status is the one mutable column
     assert catalogue.get_version("team/coach@1").status == "deprecated"
     assert audit.audit().problems == ()
