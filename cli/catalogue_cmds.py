@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import click
@@ -117,7 +117,13 @@ def render_version(v: VersionInfo) -> None:
     if v.description:
         rows.append(("description", v.description))
     if v.training:
-        rows.append(("training", ", ".join(f"{k}={val}" for k, val in sorted(v.training.items()) if not isinstance(val, (list, dict)))[:300]))
+        # Scalars only (loss curves and library versions are in --json), wrapped for reading.
+        scalars = ", ".join(
+            f"{k}={_short_value(val)}" for k, val in sorted(v.training.items())
+            if val is not None and not isinstance(val, (list, dict))
+        )
+        for i, line in enumerate(textwrap.wrap(scalars, 100)):
+            rows.append(("training" if i == 0 else "", line))
     rows.append(("created", f"{when(v.created_at)} by {v.created_by}"))
     for key, value in rows:
         console.print(f"  {key:<15} {value}")
@@ -132,6 +138,15 @@ def render_version(v: VersionInfo) -> None:
         console.print(f"    {f.sha256}  {f.size:>10}  {f.path}")
     for h in v.hub_copies:
         console.print(f"  hub: {h.endpoint}/{h.repo_id} @ {h.commit_sha[:12]} (tag {h.tag})")
+
+
+def _short_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    if text.startswith("sha256:"):
+        return text[:19] + "…"
+    return text
 
 
 def render_summaries(items: list[VersionSummary]) -> None:

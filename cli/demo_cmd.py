@@ -2,23 +2,27 @@
 
 Each step prints the ``spr`` command it runs and runs it for real (in-process, through the same
 entry point as the console script), so the tour doubles as a cheat sheet. The models are tiny
-ones built from configs with a tokenizer trained on a few sentences; the soft prompts are made
-with real PEFT.
+ones built from configs with a tokenizer trained on a few sentences; the soft prompts are trained
+by ``spr train`` with real PEFT; the Hub is the project's own local server on a free port.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from registry.cli.app import cli
-from registry.errors import RegistryError
+
+T = TypeVar("T")
+COACH_PROMPT = "I want to start running."
 
 
 class Tour:
@@ -34,7 +38,7 @@ class Tour:
     def say(self, text: str) -> None:
         click.echo(f"   {text}")
 
-    def spr(self, *argv: str, expect: int = 0) -> int:
+    def spr(self, *argv: str, expect: int = 0) -> None:
         from registry.cli.main import run
 
         shown = " ".join(shlex.quote(a.replace(str(self.workdir) + "/", "")) for a in argv)
@@ -42,13 +46,22 @@ class Tour:
         code = run(list(argv))
         if code != expect:
             raise click.ClickException(f"demo step 'spr {shown}' exited {code}, expected {expect}")
-        return code
+        if expect:
+            click.echo(f"   (exit {code}, as expected)")
 
-    def timed(self, label: str, work: Callable[[], object]) -> object:
+    def timed(self, label: str, work: Callable[[], T]) -> T:
         t0 = time.perf_counter()
         result = work()
         self.say(f"{label} ({time.perf_counter() - t0:.1f} s)")
         return result
+
+    def use_machine(self, home: Path) -> None:
+        """Act as another machine: its own catalogue, blob store and Hub client cache.
+
+        Settings are read at call time, so switching the environment is all it takes.
+        """
+        os.environ["SPR_HOME"] = str(home / "spr-home")
+        os.environ["HF_HOME"] = str(home / "hf-home")
 
 
 @cli.command()
@@ -61,67 +74,153 @@ def demo(workdir: Path | None) -> None:
         raise click.ClickException(f"spr demo needs the [ml] extra: pip install 'softprompt-registry[ml]' ({exc})")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="spr-demo-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    # A fresh catalogue and blob store for the tour; settings are read at call time.
-    os.environ["SPR_HOME"] = str(workdir / "spr-home")
+    # Everything the tour writes stays under workdir: catalogues, blobs, the Hub client's cache.
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     os.environ.pop("SPR_DATABASE_URL", None)
     os.environ.setdefault("SPR_ACTOR", "demo")
     tour = Tour(workdir)
+    tour.use_machine(workdir / "publisher")
     click.echo(f"spr demo: working in {workdir}")
 
-    tour.section("1. A tiny base model and two datasets (bloom-shaped, built from a config, offline)")
+    tour.section("1. Tiny base models and two datasets (bloom-shaped, built from configs, offline)")
     data = toymodels.write_demo_datasets(workdir / "data")
     tokenizer = toymodels.train_tokenizer(workdir / "tokenizer")
-    base = Path(str(tour.timed("built base model 'tiny-bloom' (hidden 64, 2 layers)", lambda: toymodels.make_base_model(
-        workdir / "tiny-bloom", arch="bloom", tokenizer_dir=tokenizer, seed=0, pretrain_steps=30))))
-    for key, path in sorted(data.items()):
-        tour.say(f"dataset {key}: {path.relative_to(workdir)}")
+    base = tour.timed("built 'tiny-bloom' (hidden 64, 2 layers, briefly pretrained on the demo sentences)",
+                      lambda: toymodels.make_base_model(workdir / "tiny-bloom", tokenizer_dir=tokenizer,
+                                                        seed=0, pretrain_steps=100))
+    wide = toymodels.make_base_model(workdir / "tiny-bloom-wide", hidden_size=128, tokenizer_dir=tokenizer, seed=0)
+    other = toymodels.make_base_model(workdir / "tiny-bloom-other", tokenizer_dir=tokenizer, seed=7)
+    tour.say("also 'tiny-bloom-wide' (hidden 128) and 'tiny-bloom-other' (same config, other weights)")
+    for key in ("coach_train", "coach_eval", "quotes_train", "quotes_eval"):
+        tour.say(f"dataset {key}: {data[key].relative_to(workdir)}")
 
-    tour.section("2. Two soft prompts with real PEFT: RANDOM init (coach) and TEXT init (quotes)")
-    coach_train, coach_held = toymodels.coach_split()
-    quotes_train, quotes_held = toymodels.quotes_split()
-    coach = Path(str(tour.timed("trained coach soft prompt (PROMPT_TUNING, RANDOM, 4 virtual tokens)", lambda: toymodels.make_adapter(
-        base, workdir / "adapters" / "coach", "PROMPT_TUNING", init="RANDOM", num_virtual_tokens=4,
-        train_steps=20, dataset=coach_train, seed=1))))
-    quotes = Path(str(tour.timed("trained quotes soft prompt (PROMPT_TUNING, TEXT init)", lambda: toymodels.make_adapter(
-        base, workdir / "adapters" / "quotes", "PROMPT_TUNING", init="TEXT", init_text=toymodels.TEXT_INIT_PROMPT,
-        num_virtual_tokens=None, train_steps=20, dataset=quotes_train, seed=2))))
-    coach_loss = toymodels.eval_loss(base, coach, coach_held)
-    quotes_loss = toymodels.eval_loss(base, quotes, quotes_held)
-    tour.say(f"held-out eval loss: coach {coach_loss:.3f}, quotes {quotes_loss:.3f}")
+    tour.section("2. Train two soft prompts with spr train: every fact recorded by the tool that produced it")
+    tour.spr("train", "--base-model", str(base), "--dataset", str(data["coach_train"]),
+             "--eval-dataset", str(data["coach_eval"]), "--name", "team/coach", "--virtual-tokens", "4",
+             "--init", "random", "--epochs", "3", "--lr", "0.03", "--seed", "1",
+             "--description", "motivational coach (RANDOM init)")
+    tour.spr("train", "--base-model", str(base), "--dataset", str(data["quotes_train"]),
+             "--eval-dataset", str(data["quotes_eval"]), "--name", "team/quotes",
+             "--init-text", toymodels.TEXT_INIT_PROMPT, "--epochs", "3", "--lr", "0.03", "--seed", "2",
+             "--description", "short quotes (TEXT init)")
 
-    tour.section("3. Publish both, with base model, dataset digest and eval scores")
-    coach_data, quotes_data = str(data["coach_train"]), str(data["quotes_train"])
-    tour.spr("publish", str(coach), "--name", "team/coach", "--base-model", str(base), "--dataset", coach_data,
-             "--eval", f"eval_loss={coach_loss:.4f}@{data['coach_eval']}", "--description", "motivational coach",
-             "--template", "{prompt}")
-    tour.spr("publish", str(quotes), "--name", "team/quotes", "--base-model", str(base), "--dataset", quotes_data,
-             "--eval", f"eval_loss={quotes_loss:.4f}@{data['quotes_eval']}", "--description", "short quotes")
-    tour.say("publishing the same content again is a safe retry:")
-    tour.spr("publish", str(coach), "--name", "team/coach", "--base-model", str(base), "--dataset", coach_data,
-             "--eval", f"eval_loss={coach_loss:.4f}@{data['coach_eval']}", "--description", "motivational coach",
-             "--template", "{prompt}")
-
-    tour.section("4. Continue training the coach prompt: a child version with --parent")
-    # Same seed and data order as v1, run to 40 steps: its first 20 steps are exactly v1's run.
-    child = Path(str(tour.timed("trained coach v2: v1's run continued to 40 steps", lambda: toymodels.make_adapter(
-        base, workdir / "adapters" / "coach-v2", "PROMPT_TUNING", init="RANDOM", num_virtual_tokens=4,
-        train_steps=40, dataset=coach_train, seed=1))))
-    child_loss = toymodels.eval_loss(base, child, coach_held)
-    tour.spr("publish", str(child), "--name", "team/coach", "--base-model", str(base), "--dataset", coach_data,
-             "--parent", "team/coach@1", "--eval", f"eval_loss={child_loss:.4f}@{data['coach_eval']}",
-             "--template", "{prompt}")
+    tour.section("3. Continue training the coach prompt: lineage is recorded, not typed")
+    tour.spr("train", "--parent", "team/coach@1", "--dataset", str(data["coach_train"]),
+             "--eval-dataset", str(data["coach_eval"]), "--name", "team/coach", "--epochs", "3",
+             "--lr", "0.03", "--seed", "3")
     tour.spr("alias", "set", "team/coach@2", "prod")
-
-    tour.section("5. Find it again: show, list, lineage, audit log")
+    tour.spr("eval", "team/coach@prod", "--dataset", str(data["coach_eval"]), "--metric", "loss",
+             "--metric", "perplexity")
     tour.spr("show", "team/coach@prod")
     tour.spr("list")
     tour.spr("lineage", "team/coach@prod")
-    tour.spr("log")
+
+    tour.section("4. Compatibility before loading: what PEFT alone would do, and what spr does")
+    tour.say("PEFT loads the 64-wide soft prompt onto the 128-wide model without complaint:")
+    _peft_alone(tour, base, wide)
+    tour.spr("verify", "team/coach@prod", "--base-model", str(wide), expect=3)
+    tour.say("same width, different weights: PEFT would produce garbage silently; spr refuses:")
+    tour.spr("verify", "team/coach@prod", "--base-model", str(other), expect=3)
+    tour.spr("verify", "team/coach@prod", "--base-model", str(base))
+    tour.say("a verified load that generates (a 64-wide toy: the text is noise, but each soft prompt steers it):")
+    tour.spr("generate", "team/coach@prod", "--prompt", COACH_PROMPT, "--max-new-tokens", "12", "--compare-base")
+
+    tour.section("5. Share through a Hub: the project's own Hub-compatible server on a free port")
+    from registry.hubserver import HubServer
+
+    token = secrets.token_hex(16)  # the demo server's token: given to the client via HF_TOKEN, never printed
+    server = HubServer(workdir / "hub", tokens=[f"{token} team"]).start()
+    try:
+        os.environ["HF_TOKEN"] = token
+        endpoint = server.url
+        tour.say(f"local Hub at {endpoint}")
+        tour.spr("push", "team/coach@prod", "--repo", "team/coach", "--endpoint", endpoint)
+        tour.spr("push", "team/quotes@1", "--repo", "team/quotes", "--endpoint", endpoint)
+        tour.say("pushing the same version again changes nothing:")
+        tour.spr("push", "team/coach@prod", "--repo", "team/coach", "--endpoint", endpoint)
+        lockfile = workdir / "adapters.lock"
+        tour.spr("lock", "team/coach@prod", "team/quotes@1", "-o", str(lockfile))
+
+        tour.section("6. A deploy script on another machine: an empty catalogue, exactly the locked bytes")
+        tour.use_machine(workdir / "deploy")
+        del os.environ["HF_TOKEN"]  # deploy scripts read; they need no write token here
+        tour.spr("sync", str(lockfile), "--frozen", "--endpoint", endpoint)
+        tour.spr("pull", "team/coach@v2", "--endpoint", endpoint)
+        tour.spr("show", "team/coach@2")
+        tour.spr("lineage", "team/coach@2")
+        tour.spr("verify", "team/coach@2", "--base-model", str(base))
+        tour.spr("generate", "team/coach@2", "--prompt", COACH_PROMPT, "--max-new-tokens", "12")
+        _two_tasks_one_base(tour, base)
+        tour.say("a byte changed on the server reaches a third machine: refused before anything is imported:")
+        server.storage.tamper("team/quotes", "adapter_model.safetensors", _flipped(
+            server, "team/quotes", "adapter_model.safetensors"))
+        tour.use_machine(workdir / "deploy-2")
+        tour.spr("pull", "team/quotes@v1", "--endpoint", endpoint, expect=5)
+    finally:
+        server.stop()
+        os.environ.pop("HF_TOKEN", None)
+
+    tour.section("7. Audit: who did what, and is every stored byte still what was recorded?")
+    tour.use_machine(workdir / "publisher")
+    tour.spr("log", "team/coach")
+    tour.spr("audit")
     tour.say("a ref that does not exist is one clear line and a non-zero exit:")
     tour.spr("show", "team/coach@7", expect=4)
 
-    click.secho(f"\ndone in {time.perf_counter() - tour.started:.1f} s; catalogue and blobs in {workdir / 'spr-home'}",
-                fg="cyan")
+    click.secho(f"\ndone in {time.perf_counter() - tour.started:.1f} s; everything is under {workdir}", fg="cyan")
 
 
-__all__ = ["demo", "RegistryError"]
+def _peft_alone(tour: Tour, base: Path, wide: Path) -> None:
+    """Load the prod soft prompt onto the wide model with plain PEFT and show where it breaks."""
+    import warnings
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from registry import catalogue
+
+    exported = catalogue.export("team/coach@prod", tour.workdir / "exported-coach")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(wide), exported)
+        tour.say("  PeftModel.from_pretrained(wide_model, adapter): loaded, no error")
+        import torch
+
+        try:
+            model.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=2)
+            tour.say("  generate(): ran (unexpected)")
+        except RuntimeError as exc:
+            tour.say(f"  generate(): RuntimeError: {str(exc).splitlines()[0][:110]}")
+
+
+def _two_tasks_one_base(tour: Tour, base: Path) -> None:
+    """The classic notebook setup, made safe: two verified soft prompts on one copy of the base."""
+    import torch
+
+    from registry import loading, toymodels
+
+    tour.say("two verified soft prompts on one copy of the base (loading.load_many, then set_adapter):")
+    model = loading.load_many(["team/coach@2", "team/quotes@1"], str(base))
+    tokenizer = toymodels.load_tokenizer(base)
+    ids = tokenizer(COACH_PROMPT, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    for ref in ("team/coach@2", "team/quotes@1"):
+        model.set_adapter(loading.adapter_name_for(ref))
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False, repetition_penalty=1.5)
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        tour.say(f"  {ref:<14} -> {text!r}")
+
+
+def _flipped(server: object, repo: str, path: str) -> bytes:
+    """The file's current bytes on the server with its last byte flipped (same size)."""
+    from huggingface_hub import hf_hub_download
+
+    local = hf_hub_download(repo, path, revision="v1", endpoint=server.url, token=False,  # type: ignore[attr-defined]
+                            cache_dir=tempfile.mkdtemp(prefix="spr-demo-scratch-"))
+    data = bytearray(Path(local).read_bytes())
+    data[-1] ^= 0xFF
+    return bytes(data)
