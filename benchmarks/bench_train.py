@@ -30,6 +30,12 @@
    digests (training file and held-out file), and the publish (hash, store, one transaction). The
    held-out eval pass is reported separately (it computes scores; it is not bookkeeping).
 
+4. Interleaved (``--interleaved ROUNDS``): both trainers in one process, each on its own copy of the
+   base, one optimizer step per ``train()`` call, alternating, each round on a new batch that both
+   get. The spr side is built by ``registry.training.make_trainer``, the function ``spr train``
+   runs. Neighbouring steps share whatever else the machine is doing, so their throughput ratio
+   (round 1, the warm-up, left out) is the most noise-resistant figure here.
+
 The machine has 2 cores that other work may share; runs alternate so drift hits both sides alike.
 """
 
@@ -211,6 +217,90 @@ def run_spr(base: Path, data: Path, heldout: Path, steps: int) -> dict[str, Any]
         shutil.rmtree(home, ignore_errors=True)
 
 
+INTERLEAVED = r"""
+import json, sys, time, tempfile
+from pathlib import Path
+import torch
+from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+from registry import training
+
+base, data, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tokenizer = AutoTokenizer.from_pretrained(base)
+rows = [json.loads(line)["prompt"] for line in open(data, encoding="utf-8")]
+
+def fresh_peft_model():
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, prompt_tuning_init=PromptTuningInit.RANDOM,
+                                num_virtual_tokens=%(vt)d, tokenizer_name_or_path=base)
+    return get_peft_model(model, config)
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.seconds = []
+    def on_step_begin(self, *a, **k):
+        self.t = time.perf_counter()
+    def on_step_end(self, *a, **k):
+        self.seconds.append(time.perf_counter() - self.t)
+
+# The notebook recipe's trainer, one step per train() call.
+collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+recipe_tokens = []
+def counting_collator(features):
+    batch = collator(features)
+    recipe_tokens.append(int(batch["attention_mask"].sum()))
+    return batch
+recipe_timer = StepTimer()
+recipe = Trainer(
+    model=fresh_peft_model(),
+    args=TrainingArguments(output_dir=tempfile.mkdtemp(), use_cpu=True, auto_find_batch_size=True, learning_rate=%(lr)r,
+                           max_steps=1, seed=%(seed)d, report_to="none", save_strategy="no", per_device_train_batch_size=%(batch)d,
+                           disable_tqdm=True),
+    train_dataset=[tokenizer(r) for r in rows], data_collator=counting_collator, callbacks=[recipe_timer],
+)
+# spr train's trainer, built by the same function spr train uses.
+config = training.TrainConfig(dataset=Path(data), base_model=base, lr=%(lr)r, batch_size=%(batch)d, seed=%(seed)d, max_steps=1)
+encoded, _ = training.encode_examples([training.Example(r) for r in rows], tokenizer, template=None, max_length=256, seq2seq=False)
+spr_timer = StepTimer()
+spr, spr_log = training.make_trainer(
+    fresh_peft_model(), encoded, config=config, pad_id=tokenizer.pad_token_id, seq2seq=False, device="cpu",
+    output_dir=Path(tempfile.mkdtemp()), total_steps=1, callbacks=[spr_timer],
+)
+out = {"recipe": [], "spr": []}
+for i in range(rounds):
+    # A new seed each round picks another batch; both sides get the same one, in alternating order.
+    for t in (recipe, spr):
+        t.args.seed = t.args.data_seed = %(seed)d + i
+    for name in (("recipe", "spr") if i %% 2 == 0 else ("spr", "recipe")):
+        trainer, counts, timer = (recipe, recipe_tokens, recipe_timer) if name == "recipe" else (spr, spr_log.batch_tokens, spr_timer)
+        before = len(counts)
+        with training.quiet():
+            trainer.train()
+        out[name].append({"seconds": timer.seconds[-1], "tokens": counts[before]})
+    print(json.dumps({"round": i, "recipe": out["recipe"][-1], "spr": out["spr"][-1]}), file=sys.stderr, flush=True)
+print(json.dumps(out))
+""" % {"vt": VIRTUAL_TOKENS, "lr": LR, "seed": SEED, "batch": BATCH}
+
+
+def run_interleaved(base: Path, data: Path, rounds: int) -> dict[str, Any]:
+    """Both trainers in one process on two copies of the base, one step each, alternating."""
+    proc = subprocess.Popen([sys.executable, "-c", INTERLEAVED, str(base), str(data), str(rounds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith('{"round"'):
+            r = json.loads(line)
+            log(f"  round {r['round'] + 1}/{rounds}: recipe {r['recipe']['seconds']:.2f} s ({r['recipe']['tokens']} tokens), "
+                f"spr {r['spr']['seconds']:.2f} s ({r['spr']['tokens']} tokens)")
+    stdout = proc.stdout.read() if proc.stdout else ""
+    if proc.wait() != 0:
+        raise RuntimeError("interleaved run failed")
+    steps = json.loads(stdout.strip().splitlines()[-1])
+    # Skip round 1 (each trainer's first step pays one-time warm-up); compare per-round throughput.
+    ratios = [(s["tokens"] / s["seconds"]) / (r["tokens"] / r["seconds"]) for r, s in zip(steps["recipe"][1:], steps["spr"][1:])]
+    return {"rounds": steps, "ratios": ratios, "median_ratio": statistics.median(ratios) if ratios else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (8 examples each)")
@@ -218,6 +308,8 @@ def main() -> None:
     parser.add_argument("--bench-dir", type=Path, default=Path(os.environ.get("SPR_BENCH_DIR", "/work/.bench")))
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--quick", action="store_true", help="a hidden-64 model instead of bloom-560m's shape (smoke test)")
+    parser.add_argument("--interleaved", type=int, default=7, metavar="ROUNDS",
+                        help="also run both trainers in one process, one step each, alternating, for ROUNDS rounds (0: skip)")
     args = parser.parse_args()
     args.bench_dir.mkdir(parents=True, exist_ok=True)
     base = build_base(args.bench_dir, args.quick)
@@ -230,6 +322,11 @@ def main() -> None:
             log(f"  {r['tokens']} tokens in {r['train_s']:.2f} s of training: {r['tokens_per_s']:.1f} tokens/s"
                 + (f"; lineage {r['lineage_s']:.3f} s" if side == "spr" else ""))
             runs[side].append(r)
+
+    interleaved = None
+    if args.interleaved:
+        log(f"interleaved: both trainers in one process, {args.interleaved} rounds of one step each...")
+        interleaved = run_interleaved(base, data, args.interleaved)
 
     def med(side: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[side])
@@ -271,6 +368,7 @@ def main() -> None:
         "recipe_process_s": med("recipe", "process_s"),
         "spr_process_s": med("spr", "process_s"),
         "runs": runs,
+        "interleaved": interleaved,
     }
     print(f"bloom-560m shape: {summary['shape']}, 50 examples, batch {BATCH}, {args.steps} steps, {args.repeats} run(s) each")
     print(f"  notebook recipe  {summary['recipe_tokens_per_s']:8.1f} tokens/s  ({summary['recipe_s_per_step']:.2f} s/step)")
@@ -282,6 +380,9 @@ def main() -> None:
     for side in ("recipe", "spr"):
         for r in runs[side]:
             print(f"    {side:<6} steps (s): " + ", ".join(f"{t:.2f}" for t in r["step_seconds"]))
+    if interleaved and interleaved["median_ratio"] is not None:
+        print(f"  interleaved      spr/recipe tokens/s per matched step, median of {len(interleaved['ratios'])}: "
+              f"{interleaved['median_ratio']:.3f}  (" + ", ".join(f"{r:.2f}" for r in interleaved["ratios"]) + ")")
     print(f"  lineage overhead {summary['lineage_overhead_s']:.3f} s  (identify {summary['identify_s']:.3f}, "
           f"dataset digests {summary['dataset_digest_s']:.3f}, publish {summary['publish_s']:.3f}; target < 1 s)")
     print(f"  held-out eval    {summary['heldout_eval_s']:.2f} s (5 examples, before and after)")

@@ -95,6 +95,8 @@ __all__ = [
     "describe_device",
     "library_versions",
     "load_base_model",
+    "TrainingLog",
+    "make_trainer",
     "train",
     "train_and_publish",
 ]
@@ -1025,13 +1027,111 @@ def _build_model(config: TrainConfig, plan: _Plan, model: Any, tokenizer: Any, s
                          hint="check --lora-target or choose another --method") from None
 
 
+@dataclass
+class TrainingLog:
+    """What a :func:`make_trainer` trainer records while it runs."""
+
+    log_every: int
+    batch_tokens: list[int] = field(default_factory=list)  # per collated batch (one may be collated ahead)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) as logged
+    step_seconds: list[float] = field(default_factory=list)
+
+    def tokens(self, steps: int) -> int:
+        """Non-padding input tokens of the first ``steps`` batches (input + target tokens for seq2seq)."""
+        return sum(self.batch_tokens[:steps])
+
+
+def make_trainer(
+    peft_model: Any,
+    train_encoded: Sequence[Encoded],
+    *,
+    config: TrainConfig,
+    pad_id: int,
+    seq2seq: bool,
+    device: str,
+    output_dir: Path,
+    total_steps: int,
+    progress: ProgressCallback | None = None,
+    callbacks: Sequence[Any] = (),
+) -> tuple[Any, TrainingLog]:
+    """The ``transformers.Trainer`` that ``spr train`` runs, and the log it fills.
+
+    Seeded ``TrainingArguments`` (``use_cpu`` without a GPU, nothing saved or reported, a loss
+    logged every step up to :data:`MAX_CURVE_POINTS` points), a padding collator that counts
+    tokens, and a callback that records the loss curve and step times, reports progress and stops a
+    diverged run (:class:`UsageError`). Exposed so the benchmark measures exactly this trainer.
+    """
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgress
+
+    log = TrainingLog(log_every=max(1, math.ceil(total_steps / MAX_CURVE_POINTS)))
+
+    def collate(features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        batch = pad_batch(features, pad_id, seq2seq=seq2seq)
+        n = int(batch["attention_mask"].sum())
+        if seq2seq:
+            n += int(batch["labels"].ne(IGNORE_INDEX).sum())
+        log.batch_tokens.append(n)
+        return batch
+
+    class Recorder(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                value = float(logs["loss"])
+                if not math.isfinite(value):
+                    raise UsageError(
+                        f"training diverged: the loss is {value} at step {state.global_step}; nothing was published",
+                        hint="lower --lr",
+                    )
+                log.curve.append((int(state.global_step), value))
+                if progress is not None:
+                    progress(int(state.global_step), int(state.max_steps), value)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.step_started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            log.step_seconds.append(time.perf_counter() - self.step_started)
+            _current_step["step"] = int(state.global_step)
+            if progress is not None and state.global_step % log.log_every:
+                # Steps that are not logged still move the bar; logged ones report from on_log.
+                progress(int(state.global_step), int(state.max_steps), log.curve[-1][1] if log.curve else None)
+
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        use_cpu=device == "cpu",
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        max_steps=total_steps if config.max_steps is not None else -1,
+        learning_rate=config.lr,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_strategy="steps",
+        logging_steps=log.log_every,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_pin_memory=False,
+        dataloader_num_workers=0,
+    )
+    train_set = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_encoded]
+    with quiet():
+        trainer = Trainer(model=peft_model, args=args, train_dataset=train_set, data_collator=collate, callbacks=[Recorder(), *callbacks])
+    # Our own progress bar and loss curve replace transformers' printing of every log line.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgress)
+    return trainer, log
+
+
 def _train_in(
     config: TrainConfig, plan: _Plan, work: Path, *, progress: ProgressCallback | None, callbacks: Sequence[Any]
 ) -> dict[str, Any]:
     """Load, train, evaluate and save into ``work/adapter``; returns what is recorded."""
     import transformers
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
 
     from registry.catalogue import EvalInput
 
@@ -1067,76 +1167,21 @@ def _train_in(
 
     steps_per_epoch = math.ceil(len(train_encoded) / config.batch_size)
     total_steps = config.max_steps if config.max_steps is not None else math.ceil(config.epochs * steps_per_epoch)
-    log_every = max(1, math.ceil(total_steps / MAX_CURVE_POINTS))
-    batch_tokens: list[int] = []
-    curve: list[tuple[int, float]] = []
-    step_seconds: list[float] = []
-
-    def collate(features: list[dict[str, list[int]]]) -> dict[str, Any]:
-        batch = pad_batch(features, pad_id, seq2seq=seq2seq)
-        n = int(batch["attention_mask"].sum())
-        if seq2seq:
-            n += int(batch["labels"].ne(IGNORE_INDEX).sum())
-        batch_tokens.append(n)
-        return batch
-
-    class Recorder(TrainerCallback):  # type: ignore[misc]
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-            if logs and "loss" in logs:
-                value = float(logs["loss"])
-                if not math.isfinite(value):
-                    raise UsageError(
-                        f"training diverged: the loss is {value} at step {state.global_step}; nothing was published",
-                        hint="lower --lr",
-                    )
-                curve.append((int(state.global_step), value))
-                if progress is not None:
-                    progress(int(state.global_step), int(state.max_steps), value)
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.step_started = time.perf_counter()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            step_seconds.append(time.perf_counter() - self.step_started)
-            _current_step["step"] = int(state.global_step)
-            if progress is not None and state.global_step % log_every:
-                # Steps that are not logged still move the bar; logged ones report from on_log.
-                progress(int(state.global_step), int(state.max_steps), curve[-1][1] if curve else None)
-
-    args = TrainingArguments(
-        output_dir=str(work / "trainer"),
-        use_cpu=device == "cpu",
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
-        max_steps=total_steps if config.max_steps is not None else -1,
-        learning_rate=config.lr,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_strategy="steps",
-        logging_steps=log_every,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataloader_pin_memory=False,
-        dataloader_num_workers=0,
+    trainer, log = make_trainer(
+        peft_model, train_encoded, config=config, pad_id=pad_id, seq2seq=seq2seq, device=device,
+        output_dir=work / "trainer", total_steps=total_steps, progress=progress, callbacks=callbacks,
     )
-    train_set = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_encoded]
     steps = 0
     with quiet():
-        trainer = Trainer(model=peft_model, args=args, train_dataset=train_set, data_collator=collate, callbacks=[Recorder(), *callbacks])
-        # Our own progress bar and loss curve replace transformers' printing of every log line.
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(HFProgress)
         t0, cpu0 = time.perf_counter(), time.process_time()
         if total_steps > 0:
             output = trainer.train()
             steps = int(output.global_step)
         train_seconds = time.perf_counter() - t0
         train_cpu_seconds = time.process_time() - cpu0
-    tokens = sum(batch_tokens[:steps])  # the loader may have collated one batch ahead
+    args = trainer.args
+    curve, step_seconds, log_every = log.curve, log.step_seconds, log.log_every
+    tokens = log.tokens(steps)
 
     t0 = time.perf_counter()
     evals: list[EvalInput] = []
