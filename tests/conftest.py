@@ -11,7 +11,9 @@ session, and ``SPR_DATABASE_URL`` points at it (blobs still live in the test's S
 server answers, that run skips every test and says so in its summary (CI does not fail for it).
 
 Markers: ``sqlite_only`` (SQLite behaviour: the default file's auto-upgrade, the backup API) and
-``postgres_only`` (needs the PostgreSQL half) skip the test in the other half.
+``postgres_only`` (needs the PostgreSQL half) skip the test in the other half;
+``backend_independent`` (a test that never touches the catalogue backend) runs in the SQLite half
+only, so the PostgreSQL half does not repeat it.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     config.addinivalue_line("markers", "sqlite_only: SQLite-specific behaviour; skipped in the PostgreSQL half")
     config.addinivalue_line("markers", "postgres_only: needs PostgreSQL; skipped in the SQLite half")
+    config.addinivalue_line(
+        "markers", "backend_independent: never uses the catalogue backend (e.g. its own SQLite file); "
+        "runs in the SQLite half only, to keep the PostgreSQL half short",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -118,9 +124,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return
     skip_sqlite = pytest.mark.skip(reason="SQLite-specific; this is the PostgreSQL half")
     skip_pg = pytest.mark.skip(reason="needs PostgreSQL; run with SPR_TEST_DATABASE=postgresql")
+    skip_same = pytest.mark.skip(reason="backend-independent; it ran in the SQLite half")
     for item in items:
         if backend == "postgresql" and item.get_closest_marker("sqlite_only"):
             item.add_marker(skip_sqlite)
+        elif backend == "postgresql" and item.get_closest_marker("backend_independent"):
+            item.add_marker(skip_same)
         elif backend != "postgresql" and item.get_closest_marker("postgres_only"):
             item.add_marker(skip_pg)
 
