@@ -124,6 +124,7 @@ def safetensors_bytes(header: Any, data: bytes, length: int | None = None) -> by
 # safetensors header
 
 
+@pytest.mark.backend_independent
 @FAST
 @given(raw=st.binary(max_size=300), header_length=st.integers(min_value=0, max_value=2**64 - 1),
        file_size=st.none() | st.integers(min_value=0, max_value=2**50))
@@ -132,6 +133,7 @@ def test_header_parser_on_arbitrary_bytes(raw: bytes, header_length: int, file_s
     bounded(lambda: tensorfile.parse_header_bytes(raw, header_length, file_size, "fuzz"))
 
 
+@pytest.mark.backend_independent
 @FAST
 @given(header=headers, data=st.binary(max_size=64), file_size=st.none() | st.integers(min_value=0, max_value=2**45))
 @example(header={"t": {"dtype": [], "shape": [], "data_offsets": [0, 0]}}, data=b"", file_size=None)
@@ -147,6 +149,7 @@ def test_header_parser_on_structured_headers(header: dict[str, Any], data: bytes
                 assert info.end <= file_size
 
 
+@pytest.mark.backend_independent
 @FILES
 @given(content=st.binary(max_size=400) | mutated(VALID_WEIGHTS)
        | st.builds(safetensors_bytes, headers, st.binary(max_size=64)))
@@ -187,6 +190,7 @@ def adapter_configs(draw: st.DrawFn) -> bytes:
     return json.dumps(config).encode()
 
 
+@pytest.mark.backend_independent
 @FILES
 @given(config=adapter_configs(),
        weights=st.just(VALID_WEIGHTS) | mutated(VALID_WEIGHTS) | st.binary(max_size=200)
@@ -256,6 +260,7 @@ def manifests(draw: st.DrawFn) -> bytes:
     return json.dumps(doc, allow_nan=True).encode()
 
 
+@pytest.mark.backend_independent
 @FAST
 @given(data=manifests())
 @example(data=b"1" * 5000)
@@ -299,6 +304,7 @@ def _assert_safe_relative_path(value: str) -> None:
     assert all(part not in ("", ".", "..") for part in value.split("/")), repr(value)
 
 
+@pytest.mark.backend_independent
 @FAST
 @given(text=ref_like)
 @example(text="a@\u00b2")  # str.isdigit() is true for "²"; int() refuses it (was a ValueError)
@@ -319,6 +325,7 @@ def test_ref_parser(text: str) -> None:
     assert refs.parse_ref(str(result)) == result
 
 
+@pytest.mark.backend_independent
 @FAST
 @given(text=ref_like)
 @example(text="coach\n")  # "$" matches before a trailing newline: was accepted
@@ -333,6 +340,7 @@ def test_names_that_pass_validation_are_safe_path_components(text: str) -> None:
         _assert_safe_component(alias)
 
 
+@pytest.mark.backend_independent
 @FAST
 @given(text=ref_like | st.sampled_from(["adapter_config.json\n", "a/../b", "./a", "a//b", "/etc/passwd"]))
 @example(text="adapter_config.json\n")
