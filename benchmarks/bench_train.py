@@ -31,8 +31,8 @@
    held-out eval pass is reported separately (it computes scores; it is not bookkeeping).
 
 4. Interleaved (``--interleaved ROUNDS``): both trainers in one process, each on its own copy of the
-   base, one optimizer step per ``train()`` call, alternating, each round on a new batch that both
-   get. The spr side is built by ``registry.training.make_trainer``, the function ``spr train``
+   base, one optimizer step per ``train()`` call (the same seeded first batch every time, so every
+   step does the same work), alternating which side goes first. The spr side is built by ``registry.training.make_trainer``, the function ``spr train``
    runs. Neighbouring steps share whatever else the machine is doing, so their throughput ratio
    (round 1, the warm-up, left out) is the most noise-resistant figure here.
 
@@ -268,9 +268,8 @@ spr, spr_log = training.make_trainer(
 )
 out = {"recipe": [], "spr": []}
 for i in range(rounds):
-    # A new seed each round picks another batch; both sides get the same one, in alternating order.
-    for t in (recipe, spr):
-        t.args.seed = t.args.data_seed = %(seed)d + i
+    # Each train() call takes the first batch of the same seeded order: the same work every round,
+    # on both sides, in alternating order.
     for name in (("recipe", "spr") if i %% 2 == 0 else ("spr", "recipe")):
         trainer, counts, timer = (recipe, recipe_tokens, recipe_timer) if name == "recipe" else (spr, spr_log.batch_tokens, spr_timer)
         before = len(counts)
