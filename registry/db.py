@@ -324,8 +324,14 @@ def _is_serialization_error(exc: BaseException) -> bool:
 
 def _translate(exc: BaseException) -> DatabaseError:
     orig = getattr(exc, "orig", exc)
+    detail = f"{type(orig).__name__}: {str(orig).splitlines()[0][:300]}" if str(orig) else type(orig).__name__
+    if isinstance(exc, sa_exc.DataError):
+        return DatabaseError(
+            f"the catalogue refused a value: {detail}",
+            hint="this is a bug in spr or a schema older than the code; run 'spr db current' and report it",
+        )
     return DatabaseError(
-        f"the catalogue database failed: {type(orig).__name__}: {str(orig).splitlines()[0][:300]}",
+        f"the catalogue database failed: {detail}",
         hint="check that the database is reachable and that --db / SPR_DATABASE_URL is right",
     )
 

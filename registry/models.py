@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -76,8 +77,9 @@ class DatasetRow(Base):
     digest: Mapped[str] = mapped_column(String(71), unique=True)
     name: Mapped[str | None] = mapped_column(String(1000), index=True)
     format: Mapped[str | None] = mapped_column(String(20))
-    records: Mapped[int | None] = mapped_column(Integer)
-    size: Mapped[int | None] = mapped_column(Integer)
+    # 64-bit: datasets and weight files pass 2 GiB (PostgreSQL's INTEGER is 32-bit).
+    records: Mapped[int | None] = mapped_column(BigInteger)
+    size: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class VersionRow(Base):
@@ -135,7 +137,7 @@ class FileRow(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("version.id"), index=True)
     path: Mapped[str] = mapped_column(String(1000))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class EvalScoreRow(Base):

@@ -23,7 +23,14 @@ def home() -> Path:
 
 
 def blobs_dir() -> Path:
-    """Where the content-addressed blob store lives."""
+    """Where the content-addressed blob store lives: ``$SPR_BLOB_DIR``, else ``$SPR_HOME/blobs``.
+
+    A team sharing one PostgreSQL catalogue points ``SPR_BLOB_DIR`` at shared storage, so every
+    member's catalogue rows find their bytes.
+    """
+    value = os.environ.get("SPR_BLOB_DIR")
+    if value:
+        return Path(value).expanduser()
     return home() / "blobs"
 
 

@@ -291,3 +291,21 @@ def test_write_raw_header_helper_roundtrip(tmp_path: Path) -> None:
 
     h = read_header(tmp_path / "x.safetensors")
     assert read_tensor(tmp_path / "x.safetensors", h.tensors["prompt_embeddings"]).tolist() == [[1.0, 2.0]]
+
+
+def test_sizes_beyond_32_bits_are_recorded(adapter: Path) -> None:
+    # PostgreSQL's INTEGER is 32-bit: a 3 GB dataset must still be recordable (both backends).
+    from registry.types import DatasetInfo
+
+    big = DatasetInfo(digest="sha256:" + "ab" * 32, name="big.jsonl", format="jsonl", records=5_000_000_000,
+                      size=3_000_000_000)
+    v = catalogue.publish(adapter, "coach", options=PublishOptions(dataset_info=big)).version
+    assert v.dataset is not None and v.dataset.size == 3_000_000_000 and v.dataset.records == 5_000_000_000
+
+
+def test_blob_dir_can_be_shared_apart_from_home(adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "team-blobs"
+    monkeypatch.setenv("SPR_BLOB_DIR", str(shared))
+    v = catalogue.publish(adapter, "coach").version
+    for f in v.files:
+        assert (shared / "sha256" / f.sha256[:2] / f.sha256).is_file()

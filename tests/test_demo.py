@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# the demo always uses its own SQLite catalogues (it clears SPR_DATABASE_URL): run once, in the SQLite half.
+pytestmark = pytest.mark.backend_independent
+
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("SPR_HOME", "SPR_DATABASE_URL")}

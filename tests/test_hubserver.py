@@ -51,6 +51,9 @@ from registry.hubserver import (
     commitstream,
 )
 
+# the Hub server has no catalogue: run once, in the SQLite half.
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.fixture(autouse=True)
 def _isolated_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

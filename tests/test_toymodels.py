@@ -29,6 +29,9 @@ from safetensors.numpy import load_file
 from registry import toymodels
 from registry.errors import InvalidBaseModelError, UsageError
 
+# tiny models never touch the catalogue: run once, in the SQLite half.
+pytestmark = pytest.mark.backend_independent
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------

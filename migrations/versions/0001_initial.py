@@ -48,8 +48,8 @@ def upgrade() -> None:
     sa.Column('digest', sa.String(length=71), nullable=False),
     sa.Column('name', sa.String(length=1000), nullable=True),
     sa.Column('format', sa.String(length=20), nullable=True),
-    sa.Column('records', sa.Integer(), nullable=True),
-    sa.Column('size', sa.Integer(), nullable=True),
+    sa.Column('records', sa.BigInteger(), nullable=True),
+    sa.Column('size', sa.BigInteger(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dataset')),
     sa.UniqueConstraint('digest', name=op.f('uq_dataset_digest'))
     )
@@ -153,7 +153,7 @@ def upgrade() -> None:
     sa.Column('version_id', sa.Integer(), nullable=False),
     sa.Column('path', sa.String(length=1000), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
-    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['version_id'], ['version.id'], name=op.f('fk_file_version_id_version')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_file')),
     sa.UniqueConstraint('version_id', 'path', name=op.f('uq_file_version_id_path'))
