@@ -27,8 +27,8 @@ from registry.types import VersionInfo
 RELOCATED_FILES = {"README.md": "spr_original_README.md"}
 
 # Hub ids for `base_model` and `datasets`: a local path or a file name with spaces is not one.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=+/-]{0,99}$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?\Z")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=+/-]{0,99}\Z")
 
 PIPELINE_TAGS = {
     "CAUSAL_LM": "text-generation",

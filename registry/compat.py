@@ -475,7 +475,7 @@ def _check_prompt_tensor(adapter: AdapterFacts) -> list[Finding]:
     return []
 
 
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<which>A|B|embedding_A|embedding_B|magnitude_vector)(?:\.[^.]+)*$")
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<which>A|B|embedding_A|embedding_B|magnitude_vector)(?:\.[^.]+)*\Z")
 
 
 def lora_modules(adapter: AdapterFacts) -> dict[str, dict[str, tuple[int, ...]]]:

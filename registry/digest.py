@@ -25,7 +25,7 @@ from registry.errors import UsageError
 
 CHUNK = 1 << 20  # 1 MiB: large enough for hashlib to run at full speed, small enough for constant memory
 PREFIX = "sha256:"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 ProgressCallback = Callable[[int], None]
 

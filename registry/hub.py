@@ -74,8 +74,8 @@ DOWNLOAD_WORKERS = 8
 # Names an adapter's own files may not take: they would collide with what push adds.
 RESERVED_PATHS = frozenset({MANIFEST_FILENAME, ".gitattributes", *RELOCATED_FILES.values()})
 
-_SHA1 = re.compile(r"^[0-9a-f]{40}$")
-_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+_SHA1 = re.compile(r"^[0-9a-f]{40}\Z")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}\Z")
 
 
 # ---------------------------------------------------------------------------------------------

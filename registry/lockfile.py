@@ -42,9 +42,9 @@ from registry.refs import split_name, validate_name
 
 LOCKFILE_VERSION = 1
 MAX_LOCKFILE_BYTES = 20_000_000
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}\Z")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from registry.types import AdapterFacts, BaseModelInfo, DatasetInfo, FileRecord,
 
 SCHEMA = "softprompt-registry/manifest/v1"
 MAX_MANIFEST_BYTES = 10_000_000
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}\Z")
 
 
 def build(

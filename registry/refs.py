@@ -14,8 +14,8 @@ from registry.errors import UsageError
 
 DEFAULT_NAMESPACE = "local"
 # Hub-compatible: letters, digits, '-', '_', '.', not starting with '.' or '-', at most 96 characters.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
 
 
 @dataclass(frozen=True)

@@ -223,3 +223,22 @@ def test_json_errors_are_machine_readable(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     doc = json.loads(out)
     assert doc["error"] == "AdapterNotFoundError" and doc["exit_code"] == 4
+
+
+@pytest.mark.parametrize(
+    "parse",
+    [
+        lambda: __import__("registry.refs", fromlist=["x"]).parse_ref("coach\n"),
+        lambda: __import__("registry.refs", fromlist=["x"]).parse_ref("coach@prod\n"),
+        lambda: __import__("registry.hub", fromlist=["x"]).parse_repo_spec("team/coach@v1\n"),
+        lambda: __import__("registry.hub", fromlist=["x"]).parse_repo_spec("team/coach\n"),
+        lambda: __import__("registry.manifest", fromlist=["x"]).check_relative_path("adapter_config.json\n", "test"),
+    ],
+    ids=["ref", "alias", "repo-revision", "repo-name", "manifest-path"],
+)
+def test_a_trailing_newline_never_passes_a_name_check(parse: Callable[[], object]) -> None:
+    # `$` matches before a final newline; every validator must anchor at the true end.
+    from registry.errors import RegistryError
+
+    with pytest.raises(RegistryError):
+        parse()

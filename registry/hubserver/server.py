@@ -32,7 +32,7 @@ from registry.hubserver.wire import FileBody, Request, Response
 logger = logging.getLogger("registry.hubserver")
 
 _DRAIN_LIMIT = 1024 * 1024
-_HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?\Z|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?\Z")
 _BODY_BUFFER = 1024 * 1024
 _POLL_INTERVAL = 0.05  # how quickly stop() is noticed
 

@@ -19,10 +19,10 @@ API_PLURALS: dict[str, str] = {"models": "model", "datasets": "dataset", "spaces
 # First URL segments that would make a model repo URL ambiguous with another route.
 RESERVED_NAMESPACES = frozenset({"api", "models", "datasets", "spaces", "kernels", "buckets", "lfs-upload"})
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
-_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?\Z")
+_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}\Z")
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}\Z")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 # Folders the client itself refuses to write into (``huggingface_hub.utils._paths.FORBIDDEN_FOLDERS``):
 # ``.cache/huggingface`` holds the client's local-dir metadata.
