@@ -284,7 +284,7 @@ def read_config(path: Path) -> dict[str, Any]:
 def _parse_config(data: bytes, where: str) -> dict[str, Any]:
     try:
         config = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, huge ints
         raise InvalidBaseModelError(f"{where} is not valid JSON", hint="re-save the base model") from None
     if not isinstance(config, dict):
         raise InvalidBaseModelError(f"{where} is not a JSON object", hint="re-save the base model")
@@ -383,7 +383,7 @@ def _local_headers(root: Path, reader: _LocalReader) -> dict[str, SafetensorsHea
 def _shards_from_index(data: bytes, where: str) -> list[str]:
     try:
         doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, huge ints
         raise InvalidBaseModelError(f"{where} is not valid JSON", hint="re-download the base model") from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):

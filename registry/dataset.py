@@ -112,7 +112,7 @@ def count_records(path: Path, fmt: str | None) -> int | None:
             return None
         try:
             doc = json.loads(path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, huge ints
             return None
         if isinstance(doc, list):
             return len(doc)
