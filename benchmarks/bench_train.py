@@ -151,7 +151,7 @@ peft_model.save_pretrained(out)
 n = int(result.global_step)
 print(json.dumps({"train_s": train_s, "train_cpu_s": train_cpu_s, "tokens": sum(batch_tokens[:n]), "steps": n, "step_seconds": step_seconds,
                   "total_s": time.perf_counter() - t_start}))
-""" % {"vt": VIRTUAL_TOKENS, "lr": LR, "seed": SEED, "batch": BATCH}
+""" % {"vt": VIRTUAL_TOKENS, "lr": LR, "seed": SEED, "batch": BATCH}  # noqa: UP031 - the template is Python code full of braces
 
 
 def run_recipe(base: Path, data: Path, steps: int) -> dict[str, Any]:
@@ -278,7 +278,7 @@ for i in range(rounds):
         out[name].append({"seconds": timer.seconds[-1], "tokens": counts[before]})
     print(json.dumps({"round": i, "recipe": out["recipe"][-1], "spr": out["spr"][-1]}), file=sys.stderr, flush=True)
 print(json.dumps(out))
-""" % {"vt": VIRTUAL_TOKENS, "lr": LR, "seed": SEED, "batch": BATCH}
+""" % {"vt": VIRTUAL_TOKENS, "lr": LR, "seed": SEED, "batch": BATCH}  # noqa: UP031 - the template is Python code full of braces
 
 
 def run_interleaved(base: Path, data: Path, rounds: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.catalogue_cmds import eval_
 from registry.cli.output import stderr
@@ -39,7 +38,14 @@ def training_progress(enabled: bool) -> Iterator[Callable[[int, int, float | Non
         return
     console = stderr()
     if console.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         with Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -87,7 +93,7 @@ def training_progress(enabled: bool) -> Iterator[Callable[[int, int, float | Non
 @click.option("--parent", metavar="REF", help="Continue from this published version's weights (recorded as the parent).")
 @click.option("--template", help="Input format with {prompt}, e.g. 'Human: {prompt}\\n\\nAssistant: ' (\\n, \\t and \\\\ are interpreted). Recorded, and applied by spr eval and spr generate.")
 @click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank (--method lora).")
-@click.option("--lora-alpha", type=float, help="LoRA alpha (default 2 x r).")
+@click.option("--lora-alpha", type=int, help="LoRA alpha (default 2 x r).")
 @click.option("--lora-target", "lora_targets", multiple=True, metavar="MODULE", help="LoRA target module (repeatable; default: PEFT's choice).")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--allow-different-base", is_flag=True, help="Accept a --parent recorded on another base model (logged).")
@@ -105,7 +111,7 @@ def train(
     virtual_tokens: int | None, init: str | None, init_text: str | None, epochs: float, lr: float,
     batch_size: int, max_length: int, seed: int, max_steps: int | None, eval_split: float | None,
     eval_dataset: Path | None, text_column: str | None, parent: str | None, template: str | None,
-    lora_r: int, lora_alpha: float | None, lora_targets: tuple[str, ...], device: str,
+    lora_r: int, lora_alpha: int | None, lora_targets: tuple[str, ...], device: str,
     allow_different_base: bool, write_heldout: Path | None, publish: bool, output: Path | None,
     description: str | None, tags: tuple[str, ...], author: str | None,
 ) -> None:
@@ -270,4 +276,4 @@ def generate(
     emit(app, result, render)
 
 
-__all__ = ["train", "eval_run", "generate", "unescape"]
+__all__ = ["eval_run", "generate", "train", "unescape"]

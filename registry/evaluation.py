@@ -35,20 +35,20 @@ from registry.errors import UsageError
 from registry.types import DatasetInfo, VersionInfo
 
 __all__ = [
-    "METRICS",
     "GENERATION_METRICS",
+    "METRICS",
     "EvalReport",
-    "Prediction",
     "Generation",
     "LoadedAdapter",
-    "resolve_base_model",
-    "load_adapter",
+    "Prediction",
     "evaluate",
+    "exact_match",
     "generate",
     "generate_text",
-    "exact_match",
-    "rouge_l",
+    "load_adapter",
     "normalize_answer",
+    "resolve_base_model",
+    "rouge_l",
 ]
 
 METRICS: dict[str, str] = {
@@ -311,13 +311,15 @@ def generate(
     loaded = load_adapter(ref, base_model, db=db, allow_different_base=allow_different_base, device=device, actor=actor)
     template = loaded.version.template if use_template else None
     formatted = training.apply_template(template, prompt)
-    kwargs = dict(seq2seq=loaded.seq2seq, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, device=loaded.device)
+    kwargs: dict[str, Any] = {
+        "seq2seq": loaded.seq2seq, "max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty, "device": loaded.device,
+    }
     with training.quiet():
-        output = generate_text(loaded.model, loaded.tokenizer, formatted, **kwargs)  # type: ignore[arg-type]
+        output = generate_text(loaded.model, loaded.tokenizer, formatted, **kwargs)
         base_output = None
         if compare_base:
             with loaded.model.disable_adapter():
-                base_output = generate_text(loaded.model, loaded.tokenizer, formatted, **kwargs)  # type: ignore[arg-type]
+                base_output = generate_text(loaded.model, loaded.tokenizer, formatted, **kwargs)
     return Generation(
         ref=loaded.version.ref, digest=loaded.version.digest, base_model=loaded.base_spec, prompt=prompt,
         formatted=formatted, template=template, output=output, base_output=base_output,

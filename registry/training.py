@@ -73,32 +73,32 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from registry.catalogue import EvalInput
 
 __all__ = [
-    "METHODS",
     "INITS",
+    "METHODS",
+    "Encoded",
     "Example",
     "LoadedData",
-    "Encoded",
+    "ProgressCallback",
     "TrainConfig",
     "TrainResult",
-    "ProgressCallback",
-    "load_examples",
-    "split_heldout",
-    "examples_jsonl",
-    "write_examples_jsonl",
-    "heldout_split_name",
+    "TrainingLog",
     "apply_template",
     "check_template",
-    "encode_examples",
-    "pad_batch",
-    "mean_token_loss",
-    "select_device",
     "describe_device",
+    "encode_examples",
+    "examples_jsonl",
+    "heldout_split_name",
     "library_versions",
     "load_base_model",
-    "TrainingLog",
+    "load_examples",
     "make_trainer",
+    "mean_token_loss",
+    "pad_batch",
+    "select_device",
+    "split_heldout",
     "train",
     "train_and_publish",
+    "write_examples_jsonl",
 ]
 
 METHODS: dict[str, str] = {
@@ -227,7 +227,7 @@ def _read_records(path: Path) -> list[Any]:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt == "parquet":
         try:
-            import pyarrow.parquet as pq  # optional: only for parquet files
+            import pyarrow.parquet as pq  # type: ignore[import-untyped]  # optional: only for parquet files
         except ImportError:
             raise DependencyMissingError(
                 f"reading {path.name} needs pyarrow", hint="pip install pyarrow, or convert the data to JSONL"
@@ -262,7 +262,7 @@ def _read_saved_dataset(path: Path) -> list[Any]:
             f"{path} is a Hugging Face `datasets` directory, and reading it needs the `datasets` package",
             hint="pip install datasets, or export the data to JSONL (Dataset.to_json)",
         )
-    import datasets
+    import datasets  # type: ignore[import-not-found]  # optional, checked above
 
     try:
         loaded = datasets.load_from_disk(str(path))
@@ -539,7 +539,12 @@ def load_base_model(spec: str, info: BaseModelInfo | None = None) -> tuple[Any, 
     when it has none. Raises :class:`InvalidBaseModelError` when either cannot be loaded.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     path = Path(spec).expanduser()
     try:
@@ -613,7 +618,7 @@ class TrainConfig:
     parent: str | None = None
     template: str | None = None  # default "{prompt}", or the parent's template
     lora_r: int = 8
-    lora_alpha: float | None = None  # default 2 * r
+    lora_alpha: int | None = None  # default 2 * r
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ()  # default: PEFT's choice for the architecture
     device: str = "auto"
@@ -938,9 +943,9 @@ def _resolve_method(config: TrainConfig, parent: VersionInfo | None) -> tuple[st
 
 
 def _recorded_local_base(parent: VersionInfo | None) -> str:
-    if parent is not None and parent.base_model is not None and parent.base_model.source == "local":
-        if Path(parent.base_model.name).is_dir():
-            return parent.base_model.name
+    recorded = parent.base_model if parent is not None else None
+    if recorded is not None and recorded.source == "local" and Path(recorded.name).is_dir():
+        return recorded.name
     raise UsageError(
         "--base-model is required" + (" (the parent's recorded base is not a local directory here)" if parent else ""),
         hint="pass --base-model DIR or REPO[@REV]",
@@ -999,11 +1004,13 @@ def _build_model(config: TrainConfig, plan: _Plan, model: Any, tokenizer: Any, s
     if revision:
         common["revision"] = revision
     if plan.peft_type == "PROMPT_TUNING":
+        assert plan.init is not None  # _resolve_method always sets it for prompt tuning
         init_text = config.init_text if plan.init == "TEXT" else None
         virtual = plan.virtual_tokens
         if virtual is None and init_text:
             # The tutorials' habit: as many virtual tokens as the init text has tokens.
             virtual = len(tokenizer(init_text)["input_ids"])
+        assert virtual is not None  # RANDOM/SAMPLE_VOCAB default to 4; TEXT has an init text to count
         tokenizer_kwargs = {"revision": revision} if revision and plan.init == "TEXT" else None  # PEFT: TEXT only
         peft_config = peft.PromptTuningConfig(
             num_virtual_tokens=virtual, prompt_tuning_init=plan.init, prompt_tuning_init_text=init_text,
@@ -1011,8 +1018,10 @@ def _build_model(config: TrainConfig, plan: _Plan, model: Any, tokenizer: Any, s
         )
         plan.virtual_tokens = virtual
     elif plan.peft_type == "P_TUNING":
+        assert plan.virtual_tokens is not None
         peft_config = peft.PromptEncoderConfig(num_virtual_tokens=plan.virtual_tokens, **common)
     elif plan.peft_type == "PREFIX_TUNING":
+        assert plan.virtual_tokens is not None
         peft_config = peft.PrefixTuningConfig(num_virtual_tokens=plan.virtual_tokens, **common)
     else:
         peft_config = peft.LoraConfig(
@@ -1188,7 +1197,7 @@ def _train_in(
     after = None
     if eval_encoded:
         with quiet():
-            after, n_tokens = mean_token_loss(peft_model, eval_encoded, pad_id=pad_id, seq2seq=seq2seq, batch_size=config.batch_size, device=device)
+            after, _ = mean_token_loss(peft_model, eval_encoded, pad_id=pad_id, seq2seq=seq2seq, batch_size=config.batch_size, device=device)
         dataset_name = plan.eval_info.name if plan.eval_info else None
         evals = [
             EvalInput("eval_loss", after, plan.eval_info, dataset_name, plan.eval_split_name),

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from registry.cli.main import run
 
 from registry import catalogue, evaluation, toymodels, training
-from registry.cli.main import run
 from registry.digest import PREFIX, sha256_file
 from registry.errors import EXIT_INCOMPATIBLE, EXIT_USAGE
 
