@@ -416,9 +416,12 @@ def pad_batch(items: Sequence[Encoded | Mapping[str, Sequence[int]]], pad_id: in
 
 
 def mean_token_loss(
-    model: Any, encoded: Sequence[Encoded], *, pad_id: int, seq2seq: bool, batch_size: int = 8, device: str = "cpu"
+    model: Any, encoded: Sequence[Encoded], *, pad_id: int, seq2seq: bool, batch_size: int = 8,
+    device: Any = None,
 ) -> tuple[float, int]:
     """Mean cross-entropy per target token (nats) of ``model`` on ``encoded``; returns ``(loss, tokens)``.
+
+    Batches go to ``device``, by default the device the model's weights are on.
 
     Computed from the logits, summed over every target token of every example and divided once,
     so batching does not change it. For causal prompt-learning models the virtual-token positions
@@ -428,6 +431,8 @@ def mean_token_loss(
     import torch
     import torch.nn.functional as F
 
+    if device is None:
+        device = next(model.parameters()).device
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
