@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
-from registry.cli.output import hashing_progress, short_digest, stdout, when
+from registry.cli.output import hashing_progress, markup_safe, short_digest, stdout, unescape, when
 
 if TYPE_CHECKING:
     from rich.tree import Tree
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 @click.option("--eval", "evals", multiple=True, metavar="METRIC=VALUE[@DATASET]", help="An eval score (repeatable).")
 @click.option("--parent", metavar="REF", help="The version this one was trained from.")
 @click.option("--training-args", type=click.Path(path_type=Path), metavar="FILE.json", help="Training settings.")
-@click.option("--template", help="Input format used in training, with {prompt}.")
+@click.option("--template", help="Input format used in training, with {prompt} (\\n, \\t and \\\\ are interpreted).")
 @click.option("--description", help="What this soft prompt is for.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
 @click.option("--author", help="Who publishes (default: git user.name, else the OS user).")
@@ -50,7 +50,7 @@ def publish(
         evals=[catalogue.parse_eval(e) for e in evals],
         parent=parent,
         training=catalogue.read_training_args(training_args) if training_args else {},
-        template=template,
+        template=unescape(template) if template is not None else None,
         description=description,
         tags=catalogue.parse_tags(tags),
         author=author,
@@ -126,18 +126,19 @@ def render_version(v: VersionInfo) -> None:
             rows.append(("training" if i == 0 else "", line))
     rows.append(("created", f"{when(v.created_at)} by {v.created_by}"))
     for key, value in rows:
-        console.print(f"  {key:<15} {value}")
+        console.print(f"  {key:<15} {markup_safe(value)}")
     latest = v.latest_scores()
     if latest:
         console.print("  eval scores (latest per metric and dataset):")
         for (metric, _), s in sorted(latest.items(), key=lambda kv: kv[0][0]):
             on = s.dataset_name or short_digest(s.dataset)
-            console.print(f"    {metric:<14} {s.value:.6g}  on {on}" + (f" [{s.split}]" if s.split else "") + f"  ({when(s.recorded_at)}, {s.recorded_by})")
+            line = f"    {metric:<14} {s.value:.6g}  on {on}" + (f" [{s.split}]" if s.split else "")
+            console.print(markup_safe(line + f"  ({when(s.recorded_at)}, {s.recorded_by})"))
     console.print("  files:")
     for f in v.files:
         console.print(f"    {f.sha256}  {f.size:>10}  {f.path}")
     for h in v.hub_copies:
-        console.print(f"  hub: {h.endpoint}/{h.repo_id} @ {h.commit_sha[:12]} (tag {h.tag})")
+        console.print(markup_safe(f"  hub: {h.endpoint}/{h.repo_id} @ {h.commit_sha[:12]} (tag {h.tag})"))
 
 
 def _short_value(value: object) -> str:
@@ -160,8 +161,10 @@ def render_summaries(items: list[VersionSummary]) -> None:
         table.add_column(col)
     for s in items:
         table.add_row(
+            *(markup_safe(cell) for cell in (
             s.ref, s.peft_type, str(s.num_virtual_tokens or "-"), _short_path(s.base_model),
             _short_path(s.dataset), ",".join(s.aliases), s.status, s.created_at.strftime("%Y-%m-%d %H:%M"),
+            ))
         )
     stdout().print(table)
 
@@ -316,24 +319,28 @@ def lineage(app: AppContext, ref: str) -> None:
 
 
 def _node_label(v: VersionInfo) -> str:
-    parts = [f"[bold]{v.ref}[/bold] {short_digest(v.digest)} {v.peft_type}"]
+    parts = [f"[bold]{markup_safe(v.ref)}[/bold] {short_digest(v.digest)} {v.peft_type}"]
     if v.aliases:
-        parts.append(f"({', '.join(v.aliases)})")
+        parts.append(markup_safe(f"({', '.join(v.aliases)})"))
     if v.status != "active":
-        parts.append(f"[{v.status}]")
+        parts.append(markup_safe(f"[{v.status}]"))
     return " ".join(parts)
+
+
+def _add(tree: Tree, text: str) -> None:
+    tree.add(markup_safe(text))
 
 
 def _add_facts(tree: Tree, v: VersionInfo) -> None:
     if v.base_model:
-        tree.add(f"base model: {v.base_model.name}" + (f"@{v.base_model.revision}" if v.base_model.revision else ""))
+        _add(tree, f"base model: {v.base_model.name}" + (f"@{v.base_model.revision}" if v.base_model.revision else ""))
     if v.dataset:
-        tree.add(f"dataset: {v.dataset.name or '-'} {short_digest(v.dataset.digest)}"
+        _add(tree, f"dataset: {v.dataset.name or '-'} {short_digest(v.dataset.digest)}"
                  + (f" ({v.dataset.records} records)" if v.dataset.records is not None else ""))
     if v.init_method:
-        tree.add(f"init: {v.init_method}" + (f" {v.init_text!r}" if v.init_text else ""))
+        _add(tree, f"init: {v.init_method}" + (f" {v.init_text!r}" if v.init_text else ""))
     for s in v.eval_scores:
-        tree.add(f"eval {s.metric}={s.value:.6g}" + (f" on {s.dataset_name or short_digest(s.dataset)}" if (s.dataset or s.dataset_name) else "")
+        _add(tree, f"eval {s.metric}={s.value:.6g}" + (f" on {s.dataset_name or short_digest(s.dataset)}" if (s.dataset or s.dataset_name) else "")
                  + f" ({when(s.recorded_at)}, {s.recorded_by})")
     if not v.lineage_verified:
         tree.add("[yellow]lineage unverified[/yellow]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -12,6 +13,7 @@ from registry.digest import ProgressCallback
 if TYPE_CHECKING:
     from rich.console import Console
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # smaller jobs finish before a bar is worth drawing
 
 
@@ -29,6 +31,18 @@ def stderr() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
+
+
+def unescape(text: str) -> str:
+    r"""Interpret ``\n``, ``\t`` and ``\\`` in a template typed on a command line."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def markup_safe(text: object) -> str:
+    """User text (names, init text, templates, split names) printed through rich, never as markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def short_digest(digest: str | None, n: int = 12) -> str:

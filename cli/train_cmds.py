@@ -7,7 +7,6 @@ is imported: ``spr list`` must start without it.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,18 +15,12 @@ from pathlib import Path
 import click
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.catalogue_cmds import eval_
-from registry.cli.output import stderr
+from registry.cli.output import stderr, unescape
 
 METHOD_CHOICES = ("prompt-tuning", "p-tuning", "prefix-tuning", "lora")
 INIT_CHOICES = ("random", "text", "sample-vocab")
 METRIC_CHOICES = ("loss", "perplexity", "exact-match", "rouge-l")
 PLAIN_PROGRESS_EVERY_S = 5.0  # without a terminal, a progress line at most this often
-_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
-
-
-def unescape(text: str) -> str:
-    r"""Interpret ``\n``, ``\t`` and ``\\`` in a template typed on a command line."""
-    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 @contextmanager
@@ -276,4 +269,4 @@ def generate(
     emit(app, result, render)
 
 
-__all__ = ["eval_run", "generate", "train", "unescape"]
+__all__ = ["eval_run", "generate", "train"]
