@@ -8,8 +8,11 @@ import click
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.output import hashing_progress
 
-from registry import audit as audits
 from registry.errors import EXIT_INTEGRITY
+
+# Mirrors registry.audit.DEFAULT_GRACE_SECONDS (a test keeps them equal): the CLI imports the
+# audit module, and with it SQLAlchemy, only when a command runs.
+DEFAULT_GRACE_SECONDS = 3600.0
 
 
 def _human(n: float) -> str:
@@ -34,6 +37,8 @@ def audit(app: AppContext, strict: bool, no_rehash: bool) -> None:
     """
     ctx = click.get_current_context()
     with hashing_progress(_referenced_bytes_hint(app), "auditing blobs") as progress:
+        from registry import audit as audits
+
         report = audits.audit(db=app.db, rehash=not no_rehash, progress=progress)
     failed = bool(report.errors) or (strict and bool(report.warnings))
 
@@ -91,13 +96,15 @@ def _referenced_bytes_hint(app: AppContext) -> int:
 @cli.command()
 @click.option("-y", "--yes", is_flag=True, help="Really remove (default: dry run, list only).")
 @click.option(
-    "--grace", type=float, default=audits.DEFAULT_GRACE_SECONDS, show_default=True, metavar="SECONDS",
+    "--grace", type=float, default=DEFAULT_GRACE_SECONDS, show_default=True, metavar="SECONDS",
     help="Keep unreferenced files younger than this (a publish in flight has written its blobs but not committed).",
 )
 @json_option
 @pass_app
 def gc(app: AppContext, yes: bool, grace: float) -> None:
     """Remove blobs no version references, and leftover temp files (dry run unless --yes)."""
+    from registry import audit as audits
+
     report = audits.gc(db=app.db, dry_run=not yes, grace_seconds=grace)
 
     def render() -> None:
@@ -126,6 +133,8 @@ def backup(app: AppContext, file: Path) -> None:
     For PostgreSQL, use pg_dump and copy the blob directory after the dump (see the README).
     """
     with hashing_progress(_referenced_bytes_hint(app), f"backing up to {file.name}") as progress:
+        from registry import audit as audits
+
         report = audits.backup(file, db=app.db, progress=progress)
     emit(app, report, lambda: click.echo(
         f"backup {report.path}: {report.versions} versions, {report.events} events, {report.blobs} blobs "
@@ -141,6 +150,8 @@ def restore(app: AppContext, file: Path) -> None:
     """Restore a backup written by 'spr backup' into a new SQLite catalogue (never overwrites one)."""
     size = file.stat().st_size if file.is_file() else 0
     with hashing_progress(size, f"restoring {file.name}") as progress:
+        from registry import audit as audits
+
         report = audits.restore(file, db=app.db, progress=progress)
 
     def render() -> None:

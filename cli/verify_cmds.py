@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import click
 
-from registry import loading
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.errors import EXIT_INCOMPATIBLE
 
@@ -40,6 +39,8 @@ def verify(
     \b
     Exit status: 0 compatible (warnings allowed), 3 incompatible, 1 other errors, 4 unknown REF.
     """
+    from registry import loading
+
     report = loading.verify(
         target, base_model, db=app.db, allow_different_base=allow_different_base, actor=author, via="spr verify"
     )

@@ -55,3 +55,21 @@ def test_publish_interprets_template_escapes_like_train(tmp_path: Path) -> None:
     assert run(["publish", str(write_prompt_adapter(tmp_path / "a")), "--name", "coach",
                 "--template", r"Human: {prompt}\n\nAssistant: "]) == 0
     assert catalogue.get_version("coach").template == "Human: {prompt}\n\nAssistant: "
+
+
+def test_gc_default_grace_matches_the_library() -> None:
+    from registry import audit
+    from registry.cli import ops_cmds
+
+    assert ops_cmds.DEFAULT_GRACE_SECONDS == audit.DEFAULT_GRACE_SECONDS
+
+
+def test_loading_the_cli_imports_no_database_or_ml_library() -> None:
+    # Each command imports what it needs when it runs: `spr --help` and the commands that
+    # never touch the catalogue start fast.
+    import subprocess
+    import sys
+
+    code = "import sys, registry.cli.main; print(sorted(m for m in ('sqlalchemy', 'torch', 'huggingface_hub', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
