@@ -53,9 +53,9 @@ def verify(
 
     emit(app, report.to_dict(), render)
     if not report.compatible:
-        refusing = len(report.errors) or len(report.identity)
+        counts = f"{len(report.errors)} error(s), {len(report.identity)} identity finding(s)"
         click.secho(
-            f"error: {report.subject} is incompatible with {report.base_model.name} ({refusing} refusing finding(s))"
+            f"error: {report.subject} is incompatible with {report.base_model.name} ({counts})"
             + ("; pass --allow-different-base to accept a different base on purpose (logged)" if not report.errors else ""),
             fg="red",
             err=True,
