@@ -256,7 +256,9 @@ def import_manifest(
             # Already stored (a re-pull, or shared with another version): check, don't copy.
             sha, size = sha256_file(path)
         else:
-            sha, size = store.put_file(path)
+            # A pull's files are links into the Hub client's cache, which never rewrites a file in
+            # place: link instead of copying (a 200 MB pull spent 0.8 s copying and fsyncing).
+            sha, size = store.link_file(path)
         if sha != entry["sha256"] or size != entry["size"]:
             raise IntegrityError(
                 f"file {rel!r} is sha256:{sha} ({size} bytes) but the manifest says "

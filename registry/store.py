@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,33 @@ class BlobStore:
                         progress(n)
                 os.fsync(dst.fileno())
             digest = h.hexdigest()
+            self._install(tmp, digest)
+            return digest, size
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def link_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
+        """Store ``source`` by hard link (no copy) when it is on the store's filesystem.
+
+        For files that another content-addressed store already holds and never rewrites in place
+        (the Hub client's cache): the linked inode itself is hashed, so what is stored under a
+        digest is exactly what hashes to it. Falls back to :meth:`put_file` across filesystems.
+        """
+        shard_tmp = self.root / "sha256"
+        shard_tmp.mkdir(parents=True, exist_ok=True)
+        tmp = shard_tmp / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            os.link(source, tmp)
+        except OSError:
+            return self.put_file(source, progress)
+        try:
+            digest, size = sha256_file(tmp, progress)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             self._install(tmp, digest)
             return digest, size
         except BaseException:
