@@ -25,6 +25,7 @@ from pathlib import Path
 import ops_support
 import pytest
 from hub_fixtures import *
+from hub_fixtures import isolate_hf_client
 from model_fixtures import *
 from ops_support import PostgresServer, backend_name, postgres_admin_dsn
 
@@ -57,9 +58,11 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pyte
     monkeypatch.setenv("SPR_HOME", str(home))
     monkeypatch.delenv("SPR_DATABASE_URL", raising=False)
     monkeypatch.setenv("SPR_ACTOR", "tester")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # The Hub client fixes its cache, token and telemetry paths at import: move those too, so no
+    # test reads a real login or writes into the user's ~/.cache/huggingface.
+    isolate_hf_client(monkeypatch, tmp_path / "hf-home")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("SPR_BLOB_DIR", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     if backend_name() != "postgresql":
         yield home
