@@ -53,46 +53,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-SHAPE = {"hidden_size": 1024, "n_layer": 24, "n_head": 16, "vocab_size": 250_880}
-QUICK_SHAPE = {"hidden_size": 64, "n_layer": 2, "n_head": 4, "vocab_size": 400}
+from bloom_base import QUICK_SHAPE, SHAPE, build_bloom_base, log
+
 SEED = 42
 BATCH = 8
 LR = 3e-3
 VIRTUAL_TOKENS = 4
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 def build_base(bench_dir: Path, quick: bool) -> Path:
-    """The bloom-560m-shaped base (built once, then reused; same recipe as bench_verify.py)."""
-    base = bench_dir / ("bloom-tiny-shape" if quick else "bloom-560m-shape")
-    if (base / "model.safetensors").is_file():
-        return base
-    import torch
-    from transformers import BloomConfig, BloomForCausalLM
-
-    from registry import toymodels
-
-    shape = QUICK_SHAPE if quick else SHAPE
-    log(f"building the base under {base} (once)...")
-    t = time.perf_counter()
-    tmp = bench_dir / f".building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    toymodels.train_tokenizer(tmp)
-    config = BloomConfig(
-        vocab_size=shape["vocab_size"], hidden_size=shape["hidden_size"], n_layer=shape["n_layer"],
-        n_head=shape["n_head"], bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = BloomForCausalLM(config).eval()
-    model.save_pretrained(str(tmp))
-    del model
-    shutil.rmtree(base, ignore_errors=True)
-    os.replace(tmp, base)
-    log(f"  built in {time.perf_counter() - t:.1f} s")
-    return base
+    """The bloom-560m-shaped base (built once, then reused; shared with bench_verify.py)."""
+    return build_bloom_base(bench_dir, quick)
 
 
 def write_data(bench_dir: Path) -> tuple[Path, Path]:

@@ -34,11 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-SHAPE = {"hidden_size": 1024, "n_layer": 24, "n_head": 16, "vocab_size": 250_880}
+from bloom_base import SHAPE, build_bloom_base, log
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def proc_io() -> dict[str, int]:
@@ -51,30 +49,8 @@ def proc_io() -> dict[str, int]:
 
 def build(bench_dir: Path) -> tuple[Path, Path]:
     """The bloom-560m-shaped base and a prompt-tuning adapter for it (built once, then reused)."""
-    base = bench_dir / "bloom-560m-shape"
+    base = build_bloom_base(bench_dir)
     adapter = bench_dir / "bloom-560m-shape-prompt"
-    if not (base / "model.safetensors").is_file():
-        import torch
-        from transformers import BloomConfig, BloomForCausalLM
-
-        from registry import toymodels
-
-        log(f"building the base under {base} (once; about 2.2 GB)...")
-        t = time.perf_counter()
-        tmp = bench_dir / ".building"
-        shutil.rmtree(tmp, ignore_errors=True)
-        toymodels.train_tokenizer(tmp)
-        config = BloomConfig(
-            vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["hidden_size"], n_layer=SHAPE["n_layer"],
-            n_head=SHAPE["n_head"], bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        )
-        torch.manual_seed(0)
-        model = BloomForCausalLM(config).eval()
-        model.save_pretrained(str(tmp))
-        del model
-        shutil.rmtree(base, ignore_errors=True)
-        os.replace(tmp, base)
-        log(f"  built in {time.perf_counter() - t:.1f} s")
     if not (adapter / "adapter_model.safetensors").is_file():
         from registry import toymodels
 

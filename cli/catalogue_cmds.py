@@ -390,8 +390,6 @@ def db_group() -> None:
 @pass_app
 def db_upgrade(app: AppContext) -> None:
     """Apply every pending migration to the catalogue."""
-    from registry import catalogue
-
     from registry import db
 
     revision = db.upgrade_url(app.db)

@@ -42,12 +42,12 @@ import os
 import random
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from registry.errors import DependencyMissingError, InvalidAdapterError, InvalidBaseModelError, UsageError
+from registry.training import quiet
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -338,34 +338,6 @@ def write_demo_datasets(directory: str | os.PathLike[str]) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence transformers' progress bars, info logs and known PEFT warnings, then restore.
-
-    The toy models load and save in milliseconds; a progress bar per call only clutters the demo
-    and the test logs.
-    """
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            # PEFT 0.21 calls a transformers method deprecated in 5.x; not ours to fix.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            # PEFT drops position ids for prompt learning during generate; expected here.
-            warnings.filterwarnings("ignore", message="Position ids are not supported.*", category=UserWarning)
-            # Soft prompts reach generate() as inputs_embeds; the penalty then covers new tokens only.
-            warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`.*")
-            hf_logging.set_verbosity(max(verbosity, hf_logging.ERROR))
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _require_ml() -> None:
     try:
         import peft  # noqa: F401
@@ -652,7 +624,7 @@ def make_base_model(
         if pretrain_steps:
             texts = PRETRAIN_SENTENCES if pretrain_texts is None else pretrain_texts
             encoded = _encode_examples(texts, tokenizer, seq2seq=arch == "t5", max_length=128)
-            with _quiet():
+            with quiet():
                 _train(
                     model,
                     encoded,
@@ -664,7 +636,7 @@ def make_base_model(
                     seed=seed,
                 )
         model.eval()
-        with _quiet():
+        with quiet():
             model.save_pretrained(str(tmp))
         if not (tmp / "model.safetensors").is_file():  # pragma: no cover - transformers changed
             raise InvalidBaseModelError("transformers did not write model.safetensors")
@@ -689,7 +661,7 @@ def _arch_of(base_dir: Path) -> str:
 
 def _load_base(base_dir: Path) -> Any:
     arch = _arch_of(base_dir)
-    with _quiet():
+    with quiet():
         model = _model_class(arch).from_pretrained(str(base_dir))
     model.eval()
     return model
@@ -973,11 +945,11 @@ def make_adapter(
 
     model = _load_base(base)
     torch.manual_seed(seed)
-    with _quiet():
+    with quiet():
         peft_model = peft.get_peft_model(model, config)
     if train_steps:
         encoded = _encode_examples(dataset or [], tokenizer, seq2seq=arch == "t5", max_length=max_length)
-        with _quiet():
+        with quiet():
             _train(
                 peft_model,
                 encoded,
@@ -988,7 +960,7 @@ def make_adapter(
                 batch_size=batch_size,
                 seed=seed,
             )
-    with _staged_dir(out_dir) as tmp, _quiet():
+    with _staged_dir(out_dir) as tmp, quiet():
         peft_model.save_pretrained(str(tmp))
         if not (tmp / "adapter_model.safetensors").is_file():  # pragma: no cover - PEFT changed
             raise InvalidAdapterError("PEFT did not write adapter_model.safetensors")
@@ -1016,7 +988,7 @@ def load_model(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLike[
         return model
     from peft import PeftModel
 
-    with _quiet():
+    with quiet():
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     peft_model.eval()
     return peft_model
@@ -1050,7 +1022,7 @@ def eval_loss(
     encoded = _encode_examples(texts, tokenizer, seq2seq=seq2seq, max_length=max_length)
     model = load_model(base, adapter_dir)
     total, count = 0.0, 0
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             batch = _batch(chunk, tokenizer.pad_token_id, seq2seq=seq2seq)
@@ -1097,7 +1069,7 @@ def generate(
             "input_ids": torch.tensor([[tokenizer.bos_token_id]]),
             "attention_mask": torch.tensor([[1]]),
         }
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         out = model.generate(
             input_ids=enc["input_ids"],
             attention_mask=enc["attention_mask"],
