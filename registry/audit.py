@@ -43,7 +43,7 @@ from registry.catalogue import verify_event_chain
 from registry.digest import CHUNK, PREFIX, ProgressCallback, sha256_file
 from registry.errors import IntegrityError, NotFoundError, UsageError
 from registry.models import AdapterRow, AliasRow, Base, EventRow, FileRow, VersionRow
-from registry.store import TMP_PREFIX, BlobStore
+from registry.store import BlobStore
 
 ERROR = "error"
 WARNING = "warning"
@@ -700,7 +700,7 @@ def restore(archive: Path | str, *, db: str | None = None, progress: ProgressCal
                 continue
             f = tar.extractfile(member)
             assert f is not None
-            _install_stream(store, f, sha, archive, progress)
+            store.put_stream(f, sha, where=f"{archive} (a backup)", progress=progress)
             restored += 1
         if catalogue_member is None:
             raise IntegrityError(f"{archive} holds no {BACKUP_CATALOGUE}", hint="pass a file written by 'spr backup'")
@@ -742,36 +742,6 @@ def restore(archive: Path | str, *, db: str | None = None, progress: ProgressCal
         blobs=restored + present, bytes=int(index.get("bytes") or 0), created_at=str(index.get("created_at")),
         seconds=time.perf_counter() - started, restored_blobs=restored, database=str(target),
     )
-
-
-def _install_stream(store: BlobStore, f: IO[bytes], sha: str, archive: Path, progress: ProgressCallback | None) -> None:
-    """Copy a blob from ``f`` into the store, verifying its sha256 before it gets its name."""
-    base = store.root / "sha256"
-    base.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=base)
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != sha:
-            raise IntegrityError(
-                f"{archive}: blob sha256:{sha} in the backup hashes to sha256:{h.hexdigest()}",
-                hint="the backup file is damaged; use another one",
-            )
-        final = store.path(sha)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 __all__ = [

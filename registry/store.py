@@ -13,10 +13,11 @@ import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from registry import settings
 from registry.digest import CHUNK, ProgressCallback, sha256_file
-from registry.errors import DigestMismatchError, NotFoundError
+from registry.errors import DigestMismatchError, IntegrityError, NotFoundError
 
 TMP_PREFIX = ".tmp-"
 
@@ -47,29 +48,38 @@ class BlobStore:
         One read of the source: the bytes are hashed while written to a temp file, which is then
         renamed to its digest. If the blob already exists the temp file is dropped.
         """
-        shard_tmp = self.root / "sha256"
-        shard_tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=shard_tmp)
-        tmp = Path(tmp_name)
+        with open(source, "rb", buffering=0) as src:
+            tmp, digest, size = _hashing_copy(src, self._tmp_dir(), progress)
+        self._install_or_drop(tmp, digest)
+        return digest, size
+
+    def put_stream(
+        self, src: BinaryIO, expected_sha256: str, *, where: str, progress: ProgressCallback | None = None
+    ) -> int:
+        """Store the bytes read from ``src``, which must hash to ``expected_sha256``; returns the size.
+
+        Raises :class:`IntegrityError` (and stores nothing) when they hash to something else.
+        """
+        tmp, digest, size = _hashing_copy(src, self._tmp_dir(), progress)
+        if digest != expected_sha256:
+            tmp.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"{where}: blob sha256:{expected_sha256} hashes to sha256:{digest}",
+                hint="the source is damaged; use another copy",
+                expected=expected_sha256,
+                found=digest,
+            )
+        self._install_or_drop(tmp, digest)
+        return size
+
+    def _tmp_dir(self) -> Path:
+        directory = self.root / "sha256"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def _install_or_drop(self, tmp: Path, digest: str) -> None:
         try:
-            h = hashlib.sha256()
-            size = 0
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            with open(source, "rb", buffering=0) as src, os.fdopen(fd, "wb", buffering=0) as dst:
-                while True:
-                    n = src.readinto(buf)
-                    if not n:
-                        break
-                    h.update(view[:n])
-                    dst.write(view[:n])
-                    size += n
-                    if progress is not None:
-                        progress(n)
-                os.fsync(dst.fileno())
-            digest = h.hexdigest()
             self._install(tmp, digest)
-            return digest, size
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -158,25 +168,16 @@ class BlobStore:
         """Copy a blob to ``destination`` atomically, verifying its sha256 on the way out."""
         source = self.open(sha256)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=destination.parent)
-        tmp = Path(tmp_name)
+        with open(source, "rb", buffering=0) as src:
+            tmp, digest, _ = _hashing_copy(src, destination.parent, progress)
         try:
-            h = hashlib.sha256()
-            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    dst.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-                dst.flush()
-                os.fsync(dst.fileno())
-            if h.hexdigest() != sha256:
+            if digest != sha256:
                 raise DigestMismatchError(
-                    f"blob sha256:{sha256} was changed on disk (its bytes now hash to sha256:{h.hexdigest()}); "
+                    f"blob sha256:{sha256} was changed on disk (its bytes now hash to sha256:{digest}); "
                     f"refusing to export it to {destination}",
                     hint="run 'spr audit'; restore the blob from a backup or re-publish the adapter",
                     expected=sha256,
-                    found=h.hexdigest(),
+                    found=digest,
                 )
             # mkstemp creates 0600; exported adapters are ordinary files, as PEFT writes them.
             os.chmod(tmp, 0o644)
@@ -210,6 +211,32 @@ class BlobStore:
         if p.exists():
             os.chmod(p, 0o644)
             p.unlink()
+
+
+def _hashing_copy(src: BinaryIO, directory: Path, progress: ProgressCallback | None) -> tuple[Path, str, int]:
+    """Stream ``src`` into a new fsynced temp file in ``directory``, hashing on the way.
+
+    Returns ``(temp path, sha256, size)``; the caller renames or removes the temp file.
+    """
+    fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+    tmp = Path(name)
+    try:
+        h = hashlib.sha256()
+        size = 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with os.fdopen(fd, "wb", buffering=0) as dst:
+            while n := src.readinto(buf):
+                h.update(view[:n])
+                dst.write(view[:n])
+                size += n
+                if progress is not None:
+                    progress(n)
+            os.fsync(dst.fileno())
+        return tmp, h.hexdigest(), size
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _touch(path: Path) -> None:

@@ -103,8 +103,12 @@ def test_sigkill_during_publish_and_alias_moves_leaves_a_consistent_catalogue(
     seed_note = f"(SPR_CRASH_SEED={seed} replays the delays)"
     workdir = tmp_path / "adapters"
     workdir.mkdir()
-    # A first version exists so that 'alias set NAME@1' always resolves.
+    # A first version exists so that 'alias set NAME@1' always resolves. Its duration (catalogue
+    # creation included) scales the kill delays, so that on a loaded machine the kills still land
+    # across publishes instead of all before the first one completes.
+    t0 = time.perf_counter()
     assert run(["publish", str(write_small_adapter(workdir / "t0-0000", 0)), "--name", NAME]) == 0
+    max_delay_ms = max(300.0, 3000 * (time.perf_counter() - t0))
 
     started = time.perf_counter()
     zygotes = [start_zygote(workdir), start_zygote(workdir)]
@@ -117,7 +121,7 @@ def test_sigkill_during_publish_and_alias_moves_leaves_a_consistent_catalogue(
                 if trial > FORK_TRIALS:
                     break
                 assert z.stdin is not None
-                z.stdin.write(f"{trial} {rng.uniform(0, 300):.1f}\n")
+                z.stdin.write(f"{trial} {rng.uniform(0, max_delay_ms):.1f}\n")
                 z.stdin.flush()
                 batch.append(z)
                 trial += 1
