@@ -96,6 +96,18 @@ def run(argv: list[str] | None = None) -> int:
             click.echo(json.dumps(exc.to_dict(), default=json_default, sort_keys=True))
         click.secho(f"error: {exc}", fg="red", err=True)
         return exc.exit_code
+    except OSError as exc:
+        # The environment refused (permissions, a full disk, a vanished path): one line, not a
+        # traceback. Anything else unexpected is a bug and keeps its traceback.
+        if debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+        if as_json:
+            click.echo(json.dumps({"error": type(exc).__name__, "message": message, "exit_code": errors.EXIT_ERROR}))
+        click.secho(f"error: {message}; check the path, its permissions and free space (--debug shows where)",
+                    fg="red", err=True)
+        return errors.EXIT_ERROR
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return errors.EXIT_INTERRUPTED

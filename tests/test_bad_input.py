@@ -242,3 +242,21 @@ def test_a_trailing_newline_never_passes_a_name_check(parse: Callable[[], object
 
     with pytest.raises(RegistryError):
         parse()
+
+
+def test_an_unwritable_destination_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() == 0:
+        # root ignores permission bits: use a path under a regular file instead.
+        target = tmp_path / "a-file" / "out"
+        (tmp_path / "a-file").write_text("x")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "out"
+    assert run(["publish", str(write_prompt_adapter(tmp_path / "a")), "--name", "coach"]) == 0
+    capsys.readouterr()
+    assert run(["export", "coach@1", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
