@@ -267,6 +267,7 @@ def import_manifest(
                 expected=entry["sha256"],
                 found=sha,
             )
+    _check_manifest_describes(Path(directory), manifest)
     return _record_version(
         db,
         namespace,
@@ -281,6 +282,27 @@ def import_manifest(
         preferred_number=preferred_number,
         details=details,
     )
+
+
+def _check_manifest_describes(directory: Path, manifest: dict[str, Any]) -> None:
+    """Validate the files as an adapter (as ``publish`` does) and hold the manifest to them.
+
+    A manifest's digest only proves the document is unchanged, not that its claims are true: a
+    hostile repo could describe a pickle as a 4096-wide prompt. So the files are read like any
+    published adapter (safetensors only, shapes, finite values) and the manifest's PEFT facts,
+    config and tensor list must be exactly what they yield.
+    """
+    facts = adapter_reader.read_adapter(directory)
+    files = [FileRecord(f["path"], f["sha256"], f["size"]) for f in manifest["files"]]
+    rebuilt = manifests.build(facts, files, base_model=None, dataset=None, training={}, template=None,
+                              parent_digest=None)
+    for section in ("peft", "peft_config", "tensors"):
+        if rebuilt[section] != manifest.get(section):
+            raise IntegrityError(
+                f"the manifest's {section!r} does not describe the files it lists "
+                f"(the files say {str(rebuilt[section])[:160]})",
+                hint="the remote manifest is wrong or hostile; do not use this version",
+            )
 
 
 def _base_model_info(facts: AdapterFacts, options: PublishOptions) -> BaseModelInfo | None:

@@ -309,3 +309,30 @@ def test_blob_dir_can_be_shared_apart_from_home(adapter: Path, tmp_path: Path, m
     v = catalogue.publish(adapter, "coach").version
     for f in v.files:
         assert (shared / "sha256" / f.sha256[:2] / f.sha256).is_file()
+
+
+def test_import_holds_a_manifest_to_the_files_it_lists(adapter: Path, tmp_path: Path) -> None:
+    # A manifest's digest proves only that the document is unchanged: its claims must match the files.
+    import copy
+    import shutil
+
+    original = catalogue.publish(adapter, "coach").version
+    lying = copy.deepcopy(original.manifest)
+    lying["peft"]["token_dim"] = 4096
+    with pytest.raises(errors.IntegrityError, match="'peft' does not describe the files"):
+        catalogue.import_manifest(adapter, "pulled", lying)
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(adapter / "adapter_config.json", pickled / "adapter_config.json")
+    (pickled / "adapter_model.bin").write_bytes(b"\\x80\\x04K\\x01.")
+    manifest = copy.deepcopy(original.manifest)
+    manifest["files"] = [
+        {"path": p.name, "sha256": sha256_file(p)[0], "size": p.stat().st_size} for p in sorted(pickled.iterdir())
+    ]
+    with pytest.raises(errors.InvalidAdapterError, match="pickles are never loaded"):
+        catalogue.import_manifest(pickled, "pulled", manifest)
+    assert [v.name for v in catalogue.list_versions()] == ["coach"]
+
+    honest = catalogue.import_manifest(adapter, "pulled", original.manifest).version
+    assert honest.digest == original.digest
