@@ -761,6 +761,18 @@ def from_hub(repo_id: str, revision: str | None = None, *, endpoint: str | None 
     )
 
 
+def _read_bounded(response: Any, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed response's body: stops reading once it has them."""
+    chunks: list[bytes] = []
+    have = 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk[: limit - have])
+        have += len(chunks[-1])
+        if have >= limit:
+            break
+    return b"".join(chunks)
+
+
 class _RemoteFiles:
     """Ranged reads of files of one repo at one commit, through huggingface_hub's HTTP session."""
 
@@ -798,27 +810,66 @@ class _RemoteFiles:
         return location, final_headers
 
     def read(self, filename: str, start: int, length: int) -> bytes:
-        """Bytes ``[start, start+length)`` of ``filename``; refuses a server that ignores Range."""
+        """Bytes ``[start, start+length)`` of ``filename`` (fewer only where the file ends first).
+
+        Reads at most ``length`` bytes of the body and then closes the connection, so a hostile
+        server answering with an endless body costs no more memory than the range asked for.
+        Raises :class:`HubError` when the server ignores Range, answers a range other than the one
+        asked for (``Content-Range``), or sends fewer bytes than it declared.
+        """
         from huggingface_hub.utils import get_session, hf_raise_for_status
 
         if length <= 0:
             return b""
         url, headers = self._location(filename)
-        with get_session().stream(
-            "GET", url, headers={**headers, "range": f"bytes={start}-{start + length - 1}"}, timeout=60
-        ) as response:
+        last = start + length - 1
+        with get_session().stream("GET", url, headers={**headers, "range": f"bytes={start}-{last}"}, timeout=60) as response:
             if response.status_code == 200:
                 raise HubError(
                     f"{self.where}: the server ignored a Range request for {filename}",
                     hint="spr reads base models on the Hub by range requests only; use a server that supports them",
                 )
             if response.status_code != 206:
-                response.read()
-                hf_raise_for_status(response)
-            data = b"".join(response.iter_bytes())
+                # An error answer's body is read only as far as an error message needs, never unbounded.
+                import httpx2
+
+                body = _read_bounded(response, 64_000)
+                plain = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")}
+                hf_raise_for_status(httpx2.Response(response.status_code, headers=plain, content=body, request=response.request))
+                raise HubError(
+                    f"{self.where}: the server answered {response.status_code} to a Range request for {filename}",
+                    hint="spr reads base models on the Hub by range requests only; use a server that supports them",
+                )
+            expected = self._expected_length(response, filename, start, last)
+            data = _read_bounded(response, expected)
+            # Leaving the block closes the response: whatever the server still sends is never read.
+        if len(data) < expected:
+            raise HubError(
+                f"{self.where}: the server sent {len(data)} of the {expected} bytes it promised for {filename} "
+                f"(range {start}-{last})",
+                hint="retry; if it persists, check the server",
+            )
         with self._lock:
             self.bytes_read += len(data)
-        return data[:length]
+        return data
+
+    def _expected_length(self, response: Any, filename: str, start: int, last: int) -> int:
+        """How many body bytes a 206 answer to ``bytes=start-last`` must carry (at most the range)."""
+        wanted = last - start + 1
+        content_range = response.headers.get("content-range")
+        if content_range is not None:
+            m = re.fullmatch(r"\s*bytes\s+(\d{1,20})-(\d{1,20})/(?:\d{1,20}|\*)\s*", content_range)
+            if m is None or int(m.group(1)) != start or not start <= int(m.group(2)) <= last:
+                raise HubError(
+                    f"{self.where}: asked for bytes {start}-{last} of {filename}, "
+                    f"the server answered Content-Range {content_range[:80]!r}",
+                    hint="spr reads base models on the Hub by range requests only; use a server that honours them",
+                )
+            return int(m.group(2)) - start + 1
+        content_length = response.headers.get("content-length")
+        if content_length is not None and content_length.strip().isdigit():
+            return min(int(content_length), wanted)
+        return wanted
 
     def header(self, filename: str) -> SafetensorsHeader:
         where = f"{self.where}/{filename}"

@@ -250,3 +250,95 @@ def test_hub_unknown_repo_and_revision(hub_server: HubServer, tiny_bloom: Path) 
 def test_identify_without_network_keeps_the_claim() -> None:
     info = basemodel.identify("bigscience/bloomz-560m@abc123", resolve_remote=False)
     assert (info.name, info.revision, info.source, info.embedding_fingerprint) == ("bigscience/bloomz-560m", "abc123", "hub", None)
+
+
+class _HostileRangeServer:
+    """A stdlib HTTP server that answers every range GET with 206 and a body far longer than asked.
+
+    ``mode`` picks the lie: "endless" claims the asked range in Content-Range and then streams
+    ``body_size`` bytes; "bare" sends no Content-Range or Content-Length at all; "short" promises
+    the whole range and sends 10 bytes. ``sent`` counts the body bytes the socket accepted and
+    ``cut`` records that the client closed the connection before the body ended.
+    """
+
+    def __init__(self, mode: str, body_size: int = 50_000_000) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.mode, self.body_size = mode, body_size
+        self.sent = 0
+        self.cut = False
+        self.done = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("range", ""))
+                assert m is not None
+                start, last = int(m.group(1)), int(m.group(2))
+                self.send_response(206)
+                if outer.mode in ("endless", "short"):
+                    self.send_header("Content-Range", f"bytes {start}-{last}/{10**12}")
+                self.end_headers()
+                try:
+                    if outer.mode == "short":
+                        self.wfile.write(b"x" * 10)
+                        return
+                    chunk = b"\x01" * 65_536
+                    while outer.sent < outer.body_size:
+                        self.wfile.write(chunk)
+                        outer.sent += len(chunk)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    outer.cut = True
+                finally:
+                    self.close_connection = True
+                    outer.done.set()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _HostileRangeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("mode", ["endless", "bare"])
+def test_remote_read_stops_at_the_range_asked_for(mode: str) -> None:
+    import tracemalloc
+
+    length = 100_000  # what a safetensors header read asks for
+    with _HostileRangeServer(mode) as server:
+        remote = basemodel._RemoteFiles("org/x", "0" * 40, server.url, None, "org/x on a hostile server")
+        tracemalloc.start()
+        try:
+            data = remote.read("model.safetensors", 0, length)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert server.done.wait(30), "the server never finished its answer"
+    assert len(data) == length and remote.bytes_read == length
+    assert peak < 8_000_000, f"reading {length} bytes held {peak} bytes at peak"
+    assert server.cut and server.sent < server.body_size, "the client must close the connection, not drain 50 MB"
+
+
+def test_remote_read_refuses_a_short_body() -> None:
+    from registry.errors import HubError
+
+    with _HostileRangeServer("short") as server:
+        remote = basemodel._RemoteFiles("org/x", "0" * 40, server.url, None, "org/x on a hostile server")
+        with pytest.raises(HubError, match="sent 10 of the 1000 bytes"):
+            remote.read("model.safetensors", 0, 1000)
