@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -283,13 +284,9 @@ def eval_add(app: AppContext, ref: str, scores: tuple[str, ...], split: str | No
     """Record eval scores for REF (they accumulate over time)."""
     from registry import catalogue
 
-    version = None
-    for text in scores:
-        parsed = catalogue.parse_eval(text)
-        if split:
-            parsed = catalogue.EvalInput(parsed.metric, parsed.value, parsed.dataset, parsed.dataset_name, split)
-        version = catalogue.add_eval(ref, parsed, db=app.db)
-    assert version is not None
+    # Parse every score first: a malformed one records none of them.
+    parsed = [dataclasses.replace(catalogue.parse_eval(text), split=split) for text in scores]
+    version = catalogue.add_evals(ref, parsed, db=app.db)
     emit(app, version, lambda: click.echo(f"recorded {len(scores)} score(s) for {version.ref}"))
 
 

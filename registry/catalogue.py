@@ -815,28 +815,42 @@ def deprecate(ref: str, reason: str, *, db: str | None = None, actor: str | None
     return write_with_retry(db, work, what="deprecation")
 
 
-def add_eval(
-    ref: str, score: EvalInput, *, db: str | None = None, actor: str | None = None
+def add_eval(ref: str, score: EvalInput, *, db: str | None = None, actor: str | None = None) -> VersionInfo:
+    """Record one more eval score for a version; see :func:`add_evals`."""
+    return add_evals(ref, [score], db=db, actor=actor)
+
+
+def add_evals(
+    ref: str, scores: Sequence[EvalInput], *, db: str | None = None, actor: str | None = None
 ) -> VersionInfo:
-    """Record one more eval score for a version (scores accumulate; they are not part of the digest)."""
+    """Record eval scores for a version, all or none, in one transaction.
+
+    Scores accumulate over time and are not part of the version's digest. Raises
+    :class:`UsageError` for a split name over 100 characters, before anything is written.
+    """
     parsed = parse_ref(ref)
     who = settings.current_actor(actor)
+    for score in scores:
+        if score.split is not None and len(score.split) > 100:
+            raise UsageError(f"split name {score.split[:40]!r}… is over 100 characters", hint="use a short name such as 'test'")
 
     def work(session: Session) -> VersionInfo:
         row = _resolve(session, parsed)
         now = _now()
-        _add_eval(session, row.id, score, who, now)
-        append_event(
-            session, action="eval", subject=f"{row.adapter.namespace}/{row.adapter.name}@{row.number}",
-            actor=who,
-            details={"metric": score.metric, "value": score.value,
-                     "dataset": score.dataset.digest if score.dataset else score.dataset_name, "split": score.split},
-        )
+        for score in scores:
+            _add_eval(session, row.id, score, who, now)
+            append_event(
+                session, action="eval", subject=f"{row.adapter.namespace}/{row.adapter.name}@{row.number}",
+                actor=who,
+                details={"metric": score.metric, "value": score.value,
+                         "dataset": score.dataset.digest if score.dataset else score.dataset_name,
+                         "split": score.split},
+            )
         session.flush()
         session.expire(row, ["eval_scores"])
         return _version_info(session, row)
 
-    return write_with_retry(db, work, what="recording an eval score")
+    return write_with_retry(db, work, what="recording eval scores")
 
 
 def record_hub_copy(
@@ -1078,7 +1092,7 @@ def _utc(value: datetime) -> datetime:
 
 
 __all__ = [
-    "EvalInput", "PublishOptions", "add_eval", "deprecate", "events", "export", "get_version",
+    "EvalInput", "PublishOptions", "add_eval", "add_evals", "deprecate", "events", "export", "get_version",
     "import_manifest", "lineage", "list_versions", "log_event", "parse_eval", "parse_tags", "publish",
     "read_training_args", "record_hub_copy", "remove_alias", "set_alias", "verify_event_chain", "versions",
 ]

@@ -272,11 +272,11 @@ def evaluate(
     pinned = f"{version.full_name}@{version.number}"
     after = version
     if record:
-        for metric in chosen:
-            name = METRICS[metric]
-            after = catalogue.add_eval(
-                pinned, catalogue.EvalInput(name, scores[name], data.info, data.info.name, split), db=db, actor=actor
-            )
+        after = catalogue.add_evals(
+            pinned,
+            [catalogue.EvalInput(METRICS[m], scores[METRICS[m]], data.info, data.info.name, split) for m in chosen],
+            db=db, actor=actor,
+        )
     return EvalReport(
         ref=version.ref, digest=version.digest, base_model=loaded.base_spec, dataset=data.info, split=split,
         template=template, scores={METRICS[m]: scores[METRICS[m]] for m in chosen}, examples=len(data.examples),

@@ -260,3 +260,14 @@ def test_an_unwritable_destination_is_one_line_not_a_traceback(
     assert run(["export", "coach@1", str(target)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_add_records_all_scores_or_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["publish", str(write_prompt_adapter(tmp_path / "a")), "--name", "coach"]) == 0
+    assert run(["eval", "add", "coach@1", "acc=0.9", "f1=oops"]) == 2
+    assert catalogue.get_version("coach@1").eval_scores == ()
+    assert run(["eval", "add", "coach@1", "acc=0.9", "f1=0.5", "--split", "test"]) == 0
+    scores = catalogue.get_version("coach@1").eval_scores
+    assert [(s.metric, s.split) for s in scores] == [("acc", "test"), ("f1", "test")]
+    assert run(["eval", "add", "coach@1", "acc=0.9", "--split", "x" * 101]) == 2
+    capsys.readouterr()
