@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from ops_support import write_small_adapter
 from registry.cli.main import run
+import registry.catalogue  # the CLI imports it lazily; a writer killed mid-publish has it loaded
 if os.environ.get("SPR_DATABASE_URL", "").startswith("postgresql"):
     import psycopg  # what a long-running spr process has loaded before it writes
     from sqlalchemy.dialects.postgresql import psycopg as _dialect
