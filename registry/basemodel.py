@@ -731,12 +731,18 @@ def from_hub(repo_id: str, revision: str | None = None, *, endpoint: str | None 
             hint="pass a branch, tag or commit sha that exists",
         ) from exc
     except EntryNotFoundError as exc:
-        raise InvalidBaseModelError(f"{where}: a file listed by the Hub could not be fetched ({exc})", hint="check the repo") from exc
+        raise InvalidBaseModelError(
+            f"{where}: a file listed by the Hub could not be fetched ({settings.redact_token(str(exc))[:200]})", hint="check the repo"
+        ) from exc
     except HfHubHTTPError as exc:
-        raise HubError(f"the Hub at {ep} failed while identifying {repo_id!r}: {str(exc)[:200]}", hint="retry, or check HF_ENDPOINT and HF_TOKEN") from exc
+        # Redact before truncating: a server may echo the Authorization header it was sent.
+        raise HubError(
+            f"the Hub at {ep} failed while identifying {repo_id!r}: {settings.redact_token(str(exc))[:200]}",
+            hint="retry, or check HF_ENDPOINT and HF_TOKEN",
+        ) from exc
     except OSError as exc:
         raise HubError(
-            f"cannot reach the Hub at {ep} to identify {repo_id!r} ({type(exc).__name__}: {str(exc)[:120]})",
+            f"cannot reach the Hub at {ep} to identify {repo_id!r} ({type(exc).__name__}: {settings.redact_token(str(exc))[:120]})",
             hint="check the network and HF_ENDPOINT, or pass a local directory holding the model",
         ) from exc
     except InvalidAdapterError as exc:
@@ -744,7 +750,7 @@ def from_hub(repo_id: str, revision: str | None = None, *, endpoint: str | None 
     except Exception as exc:  # httpx transport errors do not derive from OSError
         if type(exc).__module__.startswith(("httpx", "httpcore")):
             raise HubError(
-                f"cannot reach the Hub at {ep} to identify {repo_id!r} ({type(exc).__name__}: {str(exc)[:120]})",
+                f"cannot reach the Hub at {ep} to identify {repo_id!r} ({type(exc).__name__}: {settings.redact_token(str(exc))[:120]})",
                 hint="check the network and HF_ENDPOINT, or pass a local directory holding the model",
             ) from exc
         raise

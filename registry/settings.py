@@ -70,6 +70,21 @@ def hub_token() -> str | None:
     return get_token()
 
 
+def redact_token(text: str) -> str:
+    """``text`` with the Hub token (:func:`hub_token`) replaced by ``<token>``.
+
+    For messages built from a server's answer: a server may echo the Authorization header it was
+    sent, and such a message must not carry the token onto a terminal or into a log.
+    """
+    try:
+        token = hub_token()
+    except Exception:  # noqa: BLE001 - an unreadable token file leaves nothing to redact
+        return text
+    if token:
+        text = text.replace(token, "<token>")
+    return text
+
+
 def current_actor(override: str | None = None) -> str:
     """Who is acting: ``override`` (``--author``), else ``$SPR_ACTOR``, else git ``user.name``, else the OS user."""
     if override:

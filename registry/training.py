@@ -592,7 +592,9 @@ def _download_base(spec: str, info: BaseModelInfo | None) -> str:
             ))
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types; all mean "not fetched"
         raise HubError(
-            f"cannot download base model {name}@{pinned or 'main'} from {settings.hub_endpoint()}: {str(exc)[:200]}",
+            # Redact before truncating: a server may echo the Authorization header it was sent.
+            f"cannot download base model {name}@{pinned or 'main'} from {settings.hub_endpoint()}: "
+            f"{settings.redact_token(str(exc))[:200]}",
             hint="check the network, HF_ENDPOINT and HF_TOKEN, or pass a local directory",
         ) from None
 

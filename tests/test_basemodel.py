@@ -257,7 +257,8 @@ class _HostileRangeServer:
 
     ``mode`` picks the lie: "endless" claims the asked range in Content-Range and then streams
     ``body_size`` bytes; "bare" sends no Content-Range or Content-Length at all; "short" promises
-    the whole range and sends 10 bytes. ``sent`` counts the body bytes the socket accepted and
+    the whole range and sends 10 bytes; "echo" answers every GET with 400 and an error message
+    that repeats the Authorization header. ``sent`` counts the body bytes the socket accepted and
     ``cut`` records that the client closed the connection before the body ended.
     """
 
@@ -281,6 +282,14 @@ class _HostileRangeServer:
                 self.end_headers()
 
             def do_GET(self) -> None:
+                if outer.mode == "echo":  # an error answer that repeats the credentials it was sent
+                    body = json.dumps({"error": f"bad request from {self.headers.get('authorization')}"}).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("range", ""))
                 assert m is not None
                 start, last = int(m.group(1)), int(m.group(2))
@@ -342,3 +351,20 @@ def test_remote_read_refuses_a_short_body() -> None:
         remote = basemodel._RemoteFiles("org/x", "0" * 40, server.url, None, "org/x on a hostile server")
         with pytest.raises(HubError, match="sent 10 of the 1000 bytes"):
             remote.read("model.safetensors", 0, 1000)
+
+
+def test_hub_errors_never_carry_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry import training
+    from registry.errors import HubError
+
+    token = "hf_SeCrEt0123456789abcdefSECRET"
+    monkeypatch.setenv("HF_TOKEN", token)
+    with _HostileRangeServer("echo") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        with pytest.raises(HubError) as identify_error:
+            basemodel.inspect("org/x")
+        with pytest.raises(HubError) as download_error:
+            training._download_base("org/x", None)
+    for exc in (identify_error.value, download_error.value):
+        text = f"{exc.message} {exc.hint}"
+        assert token not in text and "<token>" in text, text  # the echo is there, the token is not
