@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import sqlite3
@@ -27,6 +28,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -633,12 +635,38 @@ def read_backup_index(archive: Path | str) -> dict[str, Any]:
         return _index(tar, Path(archive))
 
 
+# What reading a damaged archive can raise. Restore reads plain tars only, so the decompressors'
+# errors (EOFError, zlib.error, lzma.LZMAError) should not occur; they are listed so that no
+# damaged file, whatever it turns out to be, ends in a traceback.
+_ARCHIVE_READ_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+_COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def _damaged(archive: Path, exc: BaseException | str) -> IntegrityError:
+    detail = exc if isinstance(exc, str) else f"{type(exc).__name__}: {str(exc)[:120]}"
+    return IntegrityError(
+        f"{archive}: the backup file is damaged or truncated ({detail})",
+        hint="no catalogue was restored; use another copy of the backup",
+    )
+
+
 def _open_archive(archive: Path) -> tarfile.TarFile:
+    """Open a backup for reading: a plain (uncompressed) tar, which is what :func:`backup` writes."""
     if not archive.is_file():
         raise NotFoundError(f"backup file {archive} does not exist")
     try:
-        return tarfile.open(archive, mode="r:*")
-    except (tarfile.TarError, OSError) as exc:
+        with open(archive, "rb") as f:
+            head = f.read(8)
+        kind = next((name for magic, name in _COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+        if kind is not None:
+            raise IntegrityError(
+                f"{archive} is {kind}-compressed; spr backup files are plain tar files",
+                hint=f"decompress it first (a damaged or truncated {kind} file cannot be restored), then retry",
+            )
+        return tarfile.open(archive, mode="r:")  # never "r:*": no decompressor runs on a backup
+    except _ARCHIVE_READ_ERRORS as exc:
+        raise _damaged(archive, exc) from None
+    except OSError as exc:
         raise IntegrityError(f"{archive} is not a readable spr backup: {exc}") from None
 
 
@@ -649,7 +677,9 @@ def _index(tar: tarfile.TarFile, archive: Path) -> dict[str, Any]:
         if f is None or member.size > 1_000_000:
             raise KeyError(BACKUP_INDEX)
         index = json.loads(f.read())
-    except (KeyError, ValueError, tarfile.TarError):
+    except _ARCHIVE_READ_ERRORS as exc:
+        raise _damaged(archive, exc) from None
+    except (KeyError, ValueError):
         raise IntegrityError(f"{archive} is not an spr backup (no valid {BACKUP_INDEX})",
                              hint="pass a file written by 'spr backup'") from None
     if not isinstance(index, dict) or index.get("format") != BACKUP_FORMAT:
@@ -665,7 +695,11 @@ def restore(archive: Path | str, *, db: str | None = None, progress: ProgressCal
     the archive is checked before it is used: only the index, the catalogue and blobs named by
     their sha256 are accepted, regular files only, and each blob must hash to its name. Blobs are
     installed first and the catalogue last, so an interrupted restore never leaves a catalogue
-    that references missing blobs. Raises :class:`UsageError`, :class:`IntegrityError`.
+    that references missing blobs. The archive must be a plain tar, as :func:`backup` writes it
+    (a compressed file is refused, never decompressed); a damaged or truncated archive, including
+    one cut at a member boundary (fewer blobs than its index lists), is refused with
+    :class:`IntegrityError` before any catalogue is written. Raises :class:`UsageError`,
+    :class:`IntegrityError`.
     """
     started = time.perf_counter()
     archive = Path(archive)
@@ -679,64 +713,76 @@ def restore(archive: Path | str, *, db: str | None = None, progress: ProgressCal
     store = BlobStore()
     restored = 0
     present = 0
-    with _open_archive(archive) as tar:
-        index = _index(tar, archive)
-        catalogue_member: tarfile.TarInfo | None = None
-        for member in tar:
-            if member.name == BACKUP_INDEX:
-                continue
-            if not member.isreg():
-                raise IntegrityError(f"{archive}: member {member.name[:100]!r} is not a regular file; refusing the backup")
-            if member.name == BACKUP_CATALOGUE:
-                catalogue_member = member
-                continue
-            m = _BLOB_MEMBER.fullmatch(member.name)
-            if m is None or m.group(1) != m.group(2)[:2]:
-                raise IntegrityError(f"{archive}: unexpected member {member.name[:100]!r}; refusing the backup",
+    seen: set[str] = set()
+    try:
+        with _open_archive(archive) as tar:
+            index = _index(tar, archive)
+            catalogue_member: tarfile.TarInfo | None = None
+            for member in tar:
+                if member.name == BACKUP_INDEX:
+                    continue
+                if not member.isreg():
+                    raise IntegrityError(f"{archive}: member {member.name[:100]!r} is not a regular file; refusing the backup")
+                if member.name == BACKUP_CATALOGUE:
+                    catalogue_member = member
+                    continue
+                m = _BLOB_MEMBER.fullmatch(member.name)
+                if m is None or m.group(1) != m.group(2)[:2]:
+                    raise IntegrityError(f"{archive}: unexpected member {member.name[:100]!r}; refusing the backup",
+                                         hint="pass a file written by 'spr backup'")
+                sha = m.group(2)
+                seen.add(sha)
+                if store.has(sha):
+                    present += 1
+                    continue
+                f = tar.extractfile(member)
+                assert f is not None
+                store.put_stream(f, sha, where=f"{archive} (a backup)", progress=progress)
+                restored += 1
+            if catalogue_member is None:
+                raise IntegrityError(f"{archive} holds no {BACKUP_CATALOGUE}", hint="pass a file written by 'spr backup'")
+            # A tar cut at a member boundary just ends early (tarfile reports nothing): count the blobs.
+            expected_blobs = index.get("blobs")
+            if not isinstance(expected_blobs, int) or isinstance(expected_blobs, bool):
+                raise IntegrityError(f"{archive}: {BACKUP_INDEX} does not say how many blobs the backup holds",
                                      hint="pass a file written by 'spr backup'")
-            sha = m.group(2)
-            if store.has(sha):
-                present += 1
-                continue
-            f = tar.extractfile(member)
-            assert f is not None
-            store.put_stream(f, sha, where=f"{archive} (a backup)", progress=progress)
-            restored += 1
-        if catalogue_member is None:
-            raise IntegrityError(f"{archive} holds no {BACKUP_CATALOGUE}", hint="pass a file written by 'spr backup'")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".spr-restore-", suffix=".sqlite", dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            h = hashlib.sha256()
-            src = tar.extractfile(catalogue_member)
-            assert src is not None
-            with os.fdopen(fd, "wb") as out:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if h.hexdigest() != index.get("catalogue_sha256"):
-                raise IntegrityError(f"{archive}: the catalogue's sha256 differs from the one the backup recorded",
-                                     hint="the backup file is damaged; use another one")
-            con = sqlite3.connect(tmp)
+            if len(seen) < expected_blobs:
+                raise _damaged(archive, f"it holds {len(seen)} of the {expected_blobs} blobs its index lists")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=".spr-restore-", suffix=".sqlite", dir=target.parent)
+            tmp = Path(tmp_name)
             try:
-                ok = _scalar(con, "PRAGMA integrity_check")
-                versions = int(_scalar(con, "SELECT count(*) FROM version") or 0)
-                events = int(_scalar(con, "SELECT count(*) FROM event") or 0)
-            except sqlite3.DatabaseError as exc:
-                raise IntegrityError(f"{archive}: the catalogue in the backup is not readable: {exc}") from None
-            finally:
-                con.close()
-            if ok != "ok":
-                raise IntegrityError(f"{archive}: SQLite integrity check of the catalogue failed: {str(ok)[:200]}")
-            if target.exists():
-                raise UsageError(f"a catalogue appeared at {target} during the restore; not overwriting it")
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                h = hashlib.sha256()
+                src = tar.extractfile(catalogue_member)
+                assert src is not None
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        h.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if h.hexdigest() != index.get("catalogue_sha256"):
+                    raise IntegrityError(f"{archive}: the catalogue's sha256 differs from the one the backup recorded",
+                                         hint="the backup file is damaged; use another one")
+                con = sqlite3.connect(tmp)
+                try:
+                    ok = _scalar(con, "PRAGMA integrity_check")
+                    versions = int(_scalar(con, "SELECT count(*) FROM version") or 0)
+                    events = int(_scalar(con, "SELECT count(*) FROM event") or 0)
+                except sqlite3.DatabaseError as exc:
+                    raise IntegrityError(f"{archive}: the catalogue in the backup is not readable: {exc}") from None
+                finally:
+                    con.close()
+                if ok != "ok":
+                    raise IntegrityError(f"{archive}: SQLite integrity check of the catalogue failed: {str(ok)[:200]}")
+                if target.exists():
+                    raise UsageError(f"a catalogue appeared at {target} during the restore; not overwriting it")
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+    except _ARCHIVE_READ_ERRORS as exc:
+        raise _damaged(archive, exc) from None
     return BackupReport(
         path=str(archive), schema=index.get("schema"), versions=versions, events=events,
         blobs=restored + present, bytes=int(index.get("bytes") or 0), created_at=str(index.get("created_at")),

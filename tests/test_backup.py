@@ -211,3 +211,46 @@ def test_restore_refuses_a_damaged_or_hostile_archive(
     for sha, path in store.iter_blobs():  # whatever was installed before the refusal is whole and verified
         assert sha256_file(path)[0] == sha
     assert list(store.iter_temp_files()) == []
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("damage", ["gzip-truncated", "gzip-whole", "cut-mid-blob", "cut-at-member-boundary", "cut-in-header"])
+def test_restore_refuses_a_compressed_or_truncated_backup_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    import gzip
+
+    publish_some(tmp_path, 2)
+    archive = tmp_path / "b.tar"
+    audit.backup(archive)
+    data = archive.read_bytes()
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+    last_blob = members[-1]
+    assert last_blob.name.startswith("blobs/") and last_blob.size > 1024
+    if damage == "gzip-truncated":
+        bad = gzip.compress(data)[: len(gzip.compress(data)) // 2]
+    elif damage == "gzip-whole":
+        bad = gzip.compress(data)
+    elif damage == "cut-mid-blob":
+        bad = data[: last_blob.offset_data + last_blob.size // 2]
+    elif damage == "cut-at-member-boundary":
+        bad = data[: last_blob.offset]  # tarfile just sees a shorter archive: the blob count must catch it
+    else:
+        bad = data[: last_blob.offset + 100]  # inside the last member's 512-byte header
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(bad)
+    home = tmp_path / "restore-here"
+    switch_home(monkeypatch, home)
+    capsys.readouterr()
+    assert run(["restore", str(damaged)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    expected = "compressed" if damage.startswith("gzip") else "damaged or truncated"
+    assert err.startswith("error: ") and expected in err, err
+    assert not (home / "catalogue.sqlite").exists()
+    assert not list(home.glob("**/*.sqlite")) and not list(home.glob("**/.spr-restore-*"))
+    store = BlobStore()
+    for sha, path in store.iter_blobs():  # whatever was installed before the refusal is whole and verified
+        assert sha256_file(path)[0] == sha
+    assert list(store.iter_temp_files()) == []
