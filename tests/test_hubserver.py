@@ -753,3 +753,29 @@ def test_contract_push_and_pull_make_exactly_these_requests(
         assert {k: v for k, v in folder_files(Path(snapshot)).items() if k != ".gitattributes"} == folder_files(folder)
         assert server.routes_seen() == PUSH_ROUTES | PULL_ROUTES | (LFS_ROUTES if lfs else set())
         assert all(r.status in (200, 206) for r in server.requests if r.route != "/api/repos/create")
+
+
+def test_a_commit_line_longer_than_the_json_limit_is_a_400(hub_server: HubServer) -> None:
+    from registry.hubserver import commitstream
+
+    api = api_for(hub_server)
+    api.create_repo("team/adapter")
+    head = api.model_info("team/adapter").sha
+    path = "/api/models/team/adapter/commit/main"
+
+    def header_line(size: int) -> bytes:
+        """A header line of exactly ``size`` bytes (newline included): not a file line, so parsed in memory."""
+        empty = json.dumps({"key": "header", "value": {"summary": ""}}).encode() + b"\n"
+        return json.dumps({"key": "header", "value": {"summary": "s" * (size - len(empty))}}).encode() + b"\n"
+
+    # Over the in-memory line size but within the JSON limit: still accepted (another serialisation works).
+    assert commitstream.IN_MEMORY_LINE < 9_000_000 < commitstream.MAX_JSON_LINE
+    status, _, _ = raw(hub_server, "POST", path, header_line(9_000_000))
+    assert status == 200
+    head = api.model_info("team/adapter").sha
+    # One line past the limit: refused after reading the limit, not the whole line, and no commit.
+    too_long = header_line(commitstream.MAX_JSON_LINE + 1000)
+    status, headers, _ = raw(hub_server, "POST", path, too_long)
+    assert status == 400, headers
+    assert f"longer than {commitstream.MAX_JSON_LINE} bytes" in headers.get("X-Error-Message", ""), headers
+    assert api.model_info("team/adapter").sha == head

@@ -6,7 +6,8 @@ server memory. Lines up to :data:`IN_MEMORY_LINE` bytes are parsed as JSON; a lo
 starts the way ``huggingface_hub`` serialises a file operation (``json.dumps`` of
 ``{"key": "file", "value": {"content": "<base64>", "path": …, "encoding": "base64"}}``) has its
 content decoded chunk by chunk straight into the object store. Any other long line is parsed in
-memory, so a different serialisation still works, only less frugally.
+memory, so a different serialisation still works, only less frugally, up to
+:data:`MAX_JSON_LINE` bytes (the limit on any JSON body); a longer one is a 400.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any, BinaryIO
 
 from registry.hubserver.errors import BadRequest
 from registry.hubserver.storage import HubStorage, ObjectWriter, StoredObject
+from registry.hubserver.wire import MAX_JSON_BODY
 
 IN_MEMORY_LINE = 8 * 1024 * 1024
+# The longest line parsed in memory when it is not a streamable file line (newline included).
+MAX_JSON_LINE = MAX_JSON_BODY
 _FILE_PREFIX = b'{"key": "file", "value": {"content": "'
 _READ = 1024 * 1024
 _MAX_TAIL = 1024 * 1024  # what may follow the content on its line: the path and the encoding
@@ -53,7 +57,11 @@ def read_commit_items(body: BinaryIO, storage: HubStorage) -> Iterator[CommitIte
         if line.startswith(_FILE_PREFIX):
             yield _stream_file(number, line[len(_FILE_PREFIX) :], body, storage)
         else:
-            yield _parse(number, line + body.readline())
+            # Bounded: one byte past the limit is enough to know the line is too long.
+            line += body.readline(MAX_JSON_LINE + 1 - len(line))
+            if len(line) > MAX_JSON_LINE:
+                raise BadRequest(f"line {number} of the commit is longer than {MAX_JSON_LINE} bytes")
+            yield _parse(number, line)
 
 
 def _parse(number: int, line: bytes) -> CommitItem:
