@@ -19,7 +19,10 @@ every file against the manifest's sha256 and size, and only then imports the ver
 
 The token comes from :func:`registry.settings.hub_token` (``HF_TOKEN`` or the
 ``huggingface_hub`` login) and is handed to the client only: it is never stored, logged, put in
-a result or an error message. The endpoint is always passed explicitly
+a result or an error message. It goes only to the endpoint the user configured
+(``--endpoint``, else ``HF_ENDPOINT``, else huggingface.co): an endpoint read from a lockfile or a
+recorded hub copy gets anonymous requests (see :class:`HubClient`), and a plain ``http://`` one
+that is not loopback is refused. The endpoint is always passed explicitly
 (:func:`registry.settings.hub_endpoint`), because ``huggingface_hub`` reads ``HF_ENDPOINT`` once,
 at import time. ``huggingface_hub`` is imported inside the functions, never torch.
 """
@@ -27,6 +30,7 @@ at import time. ``huggingface_hub`` is imported inside the functions, never torc
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import math
 import os
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from registry import catalogue, lockfile, settings
 from registry import manifest as manifests
@@ -271,11 +276,78 @@ def hub_cache_dir() -> Path:
     return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
-class HubClient:
-    """One endpoint, its token and the HF cache; every client call goes through :meth:`call`."""
+def normalise_endpoint(url: str) -> str:
+    """``url`` in a comparable form: lower-case scheme and host, no default port, no trailing slash.
 
-    def __init__(self, endpoint: str | None = None, *, need_token: bool = False) -> None:
-        self.endpoint = settings.hub_endpoint(endpoint)
+    Raises :class:`UsageError` for anything but an ``http(s)://host[:port][/path]`` URL (user
+    info, a query or a fragment included: none belongs in a Hub endpoint).
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"invalid Hub endpoint {url[:200]!r}", hint="expected https://host[:port]") from None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in ("http", "https") or not host or parts.username is not None or parts.password is not None \
+            or parts.query or parts.fragment or any(ord(c) < 33 for c in url.strip()):
+        raise UsageError(f"invalid Hub endpoint {url[:200]!r}", hint="expected https://host[:port]")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def is_loopback_endpoint(url: str) -> bool:
+    """Whether ``url``'s host is loopback (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HubClient:
+    """One endpoint, its token and the HF cache; every client call goes through :meth:`call`.
+
+    ``endpoint`` is what the user asked for (``--endpoint``; None: ``HF_ENDPOINT``, else
+    huggingface.co): the *configured* endpoint, the only one that ever receives the token.
+    ``recorded`` is an endpoint read from a lockfile or a recorded hub copy, used when the user
+    gave no ``endpoint``: it is untrusted, so the client talks to it anonymously
+    (``token=False``) unless it is the configured endpoint (compared with
+    :func:`normalise_endpoint`), and refuses it when it is plain ``http://`` and not loopback.
+    This is the one place that decides who gets the token: every ``HfApi`` and
+    ``hf_hub_download`` call in this module takes it from :attr:`_token`.
+    Raises :class:`UsageError` for a refused recorded endpoint, :class:`HubError` when
+    ``need_token`` and no token is set.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, recorded: str | None = None, need_token: bool = False) -> None:
+        self.configured_endpoint = settings.hub_endpoint(endpoint)
+        if endpoint is None and recorded is not None:
+            self.endpoint = recorded.strip().rstrip("/")
+        else:
+            self.endpoint = self.configured_endpoint
+        #: whether the token may be sent to :attr:`endpoint` (it is the configured endpoint)
+        self.token_allowed = self.endpoint == self.configured_endpoint or _same_endpoint(
+            self.endpoint, self.configured_endpoint
+        )
+        if not self.token_allowed:
+            normalise_endpoint(self.endpoint)  # a malformed recorded endpoint is refused here
+            if urlsplit(self.endpoint).scheme.lower() == "http" and not is_loopback_endpoint(self.endpoint):
+                raise UsageError(
+                    f"refusing the plain-http Hub endpoint {self.endpoint} (recorded, not configured): "
+                    "its traffic could be read or changed on the way",
+                    hint=f"use an https:// endpoint, or pass --endpoint {self.endpoint} (or set HF_ENDPOINT) "
+                    "if you trust it",
+                )
+        if need_token and not self.token_allowed:
+            raise HubError(
+                f"{self.endpoint} is not the configured endpoint ({self.configured_endpoint}); the token is not sent there",
+                hint=f"pass --endpoint {self.endpoint}",
+            )
         self._need_token = need_token
         self._token_value: str | bool | None = None
         self._api: Any = None
@@ -287,6 +359,11 @@ class HubClient:
     def _token(self) -> str | bool:
         # Read on first use: a pull answered from the cache never needs it (nor the login file).
         if self._token_value is None:
+            if not self.token_allowed:
+                # Anonymous: never hand another endpoint the user's token. False, not None: None
+                # would make the client look for a token again on its own (HF_TOKEN, login file).
+                self._token_value = False
+                return False
             token = settings.hub_token()
             if self._need_token and not token:
                 raise HubError(
@@ -296,6 +373,18 @@ class HubClient:
             # False, not None: None would make the client look for a token again on its own.
             self._token_value = token or False
         return self._token_value
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the token (if one was read) replaced: a server or client may echo it."""
+        if isinstance(self._token_value, str) and self._token_value:
+            return text.replace(self._token_value, "<token>")
+        return text
+
+    def _anonymous_hint(self) -> str:
+        return (
+            f"; spr sent no token to {self.endpoint}: the token goes only to the configured endpoint "
+            f"({self.configured_endpoint}). Pass --endpoint {self.endpoint} if you trust it with your token"
+        )
 
     @property
     def api(self) -> Any:
@@ -344,7 +433,14 @@ class HubClient:
 
         where = f"{repo_id} at {self.endpoint}"
         status = getattr(getattr(exc, "response", None), "status_code", None)
+        anonymous = "" if self.token_allowed else self._anonymous_hint()
         if status == 401 and not isinstance(exc, RepositoryNotFoundError):
+            if not self.token_allowed:
+                return HubError(
+                    f"{what}: {self.endpoint} asks for a token (401 Unauthorized)",
+                    hint=anonymous.removeprefix("; "),
+                    status=401,
+                )
             return HubError(
                 f"{what}: {self.endpoint} refused the token (401 Unauthorized)",
                 hint="set HF_TOKEN to a valid token with write access, or run 'hf auth login'",
@@ -353,7 +449,7 @@ class HubClient:
         if isinstance(exc, RepositoryNotFoundError):
             return HubError(
                 f"{what}: repository {where} not found",
-                hint="check the name; a private repo is visible only with a token that can read it (HF_TOKEN)",
+                hint="check the name; a private repo is visible only with a token that can read it (HF_TOKEN)" + anonymous,
                 status=status,
                 reason="repo-not-found",
             )
@@ -373,9 +469,8 @@ class HubClient:
                 reason="unreachable",
             )
         if isinstance(exc, HfHubHTTPError):
-            message = (exc.server_message or "").strip().splitlines()[0][:200] if exc.server_message else ""
-            if isinstance(self._token_value, str) and self._token_value:
-                message = message.replace(self._token_value, "<token>")  # a server may echo what it was sent
+            # Redact before cutting: a token cut in half by [:200] would no longer match.
+            message = (self._redact(exc.server_message or "").strip().splitlines() or [""])[0][:200]
             if status == 403:
                 return HubError(
                     f"{what}: {self.endpoint} forbids this for {repo_id} (403){': ' + message if message else ''}",
@@ -398,6 +493,11 @@ class HubClient:
                 f"{what}: a file from {where}@{revision} arrived with the wrong size (truncated on the server or in transit)",
                 hint="nothing was imported; ask the publisher to push again, then retry",
             )
+        if self._redact(str(exc)) != str(exc) or any(
+            isinstance(a, str) and self._redact(a) != a for a in getattr(exc, "args", ())
+        ):
+            # An unexpected exception whose text carries the token: never let it reach a message or log.
+            return HubError(f"{what}: {type(exc).__name__}: {self._redact(str(exc))[:200]}", hint="retry; if it persists, run with --debug")
         return exc
 
     # -- reads --------------------------------------------------------------------------------
@@ -494,6 +594,14 @@ class HubClient:
                 )
             fetched[entry["path"]] = real
         return fetched
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    """Whether two endpoint URLs name the same server (compared normalised; malformed: not the same)."""
+    try:
+        return normalise_endpoint(a) == normalise_endpoint(b)
+    except UsageError:
+        return False
 
 
 def _checked_sha(value: Any, repo_id: str) -> str:
@@ -821,7 +929,8 @@ def pull(
     catalogue ref with a hub copy (``ns/name@N``, ``@sha256:…``, or an alias this catalogue has),
     fetched from the commit recorded for it. Everything is checked before anything is written:
     the manifest against its digest (and against the catalogue's digest for a catalogue ref),
-    every file against the manifest's sha256 and size. A version the catalogue already holds
+    every file against the manifest's sha256 and size. A recorded hub copy's endpoint gets the
+    token only when it is the configured one (see :class:`HubClient`). A version the catalogue already holds
     under that name (same digest, blobs present) is not downloaded again, only its manifest is
     read, so repeating a pinned pull makes no HTTP request at all. ``to`` also writes the files as a standard PEFT directory
     (atomically; an existing directory must be empty or already hold exactly these files).
@@ -832,7 +941,7 @@ def pull(
     local = _catalogue_target(target, db)
     if local is not None:
         copy = _pick_copy(local, endpoint)
-        hub = HubClient(copy.endpoint if endpoint is None else endpoint)
+        hub = HubClient(endpoint, recorded=copy.endpoint)  # the recorded endpoint gets no token unless configured
         commit_sha, revision, repo_id = copy.commit_sha, copy.tag, copy.repo_id
         import_as = local.full_name
         expected = local.digest
@@ -1193,9 +1302,13 @@ def sync(
     and a version may land under another number if the local catalogue already used the locked
     one. With ``frozen`` the Hub and the catalogue must match the lockfile exactly: every tag it
     names must still point at its commit, each version must land as exactly ``name@version``,
-    and an existing ``to`` directory must already hold the locked files. ``to`` receives one
+    and in both modes every existing ``to`` directory is checked before anything is fetched or
+    imported: it must be empty or already hold the locked files. ``to`` receives one
     standard PEFT directory per entry, ``TO/<namespace>/<name>@<version>``. ``endpoint``
-    overrides the lockfile's endpoints (a mirror). A version already in the catalogue under its
+    overrides the lockfile's endpoints (a mirror). The token is sent only to the configured
+    endpoint (``endpoint``, else ``HF_ENDPOINT``, else huggingface.co); a lockfile's other
+    endpoints are read anonymously, and a plain-http one that is not loopback is refused
+    (:class:`UsageError`) before any request. A version already in the catalogue under its
     name is checked through its manifest only (no file download). Raises :class:`LockfileDriftError` naming the
     entry and the drift, :class:`HubError`, :class:`UsageError`.
     """
@@ -1204,17 +1317,25 @@ def sync(
     if not locked.entries:
         raise UsageError(f"lockfile {lock_path} pins no adapters")
     clients: dict[str, HubClient] = {}
+    for entry in locked.entries:
+        # Every client first: a refused endpoint (plain http, not configured) fails before any request.
+        # The lockfile's endpoints are untrusted: only the configured one gets the token (HubClient).
+        ep = settings.hub_endpoint(endpoint) if endpoint else entry.endpoint
+        if ep not in clients:
+            clients[ep] = HubClient(endpoint, recorded=entry.endpoint)
+    if to is not None:
+        # Every target directory before anything is fetched or imported, in both modes: a
+        # conflict on a later entry must not leave earlier ones imported and written.
+        for entry in locked.entries:
+            _check_target_dir(entry, _sync_dir(Path(to), entry), frozen=frozen)
     refs_cache: dict[tuple[str, str], dict[str, str]] = {}
     fetched: list[tuple[lockfile.LockEntry, HubClient, HubVersion, dict[str, Path] | None]] = []
     for entry in locked.entries:
-        ep = settings.hub_endpoint(endpoint) if endpoint else entry.endpoint
-        hub = clients.get(ep) or clients.setdefault(ep, HubClient(ep))
+        hub = clients[settings.hub_endpoint(endpoint) if endpoint else entry.endpoint]
         present = _present(entry.name, entry.digest, db)
         remote, files = _fetch_locked(entry, hub, frozen=frozen, refs_cache=refs_cache, download=present is None)
         if frozen:
             _check_frozen_catalogue(entry, db)
-            if to is not None:
-                _check_frozen_dir(entry, _sync_dir(Path(to), entry))
         fetched.append((entry, hub, remote, files))
     items = []
     for entry, hub, remote, files in fetched:
@@ -1256,7 +1377,10 @@ def _fetch_locked(
                 refs_cache[key] = hub.refs(entry.repo)[1]
             except HubError as exc:
                 if exc.fields.get("reason") == "repo-not-found":
-                    raise _drift(entry, f"the repo is gone from {hub.endpoint}", regenerate, reason="missing-repo") from None
+                    raise _drift(
+                        entry, f"the repo is gone from {hub.endpoint}" + ("" if hub.token_allowed else " (or is private)"),
+                        regenerate + ("" if hub.token_allowed else hub._anonymous_hint()), reason="missing-repo",
+                    ) from None
                 raise
         target = refs_cache[key].get(entry.tag)
         if target is None:
@@ -1279,7 +1403,8 @@ def _fetch_locked(
                 "repo-not-found": f"the repo is gone from {hub.endpoint} (or is private to you)",
                 "revision-not-found": f"commit {entry.commit} no longer exists in the repo",
             }.get(reason, f"the commit holds no {MANIFEST_FILENAME}")
-            raise _drift(entry, f"missing version: {what}", regenerate, reason="missing-version") from None
+            hint = regenerate + ("" if hub.token_allowed or reason != "repo-not-found" else hub._anonymous_hint())
+            raise _drift(entry, f"missing version: {what}", hint, reason="missing-version") from None
         raise
     except IntegrityError as exc:
         raise _drift(entry, exc.message, "the copy on the Hub was changed; do not deploy it", reason="manifest-changed") from None
@@ -1346,10 +1471,20 @@ def _check_frozen_catalogue(entry: lockfile.LockEntry, db: str | None) -> None:
         )
 
 
-def _check_frozen_dir(entry: lockfile.LockEntry, directory: Path) -> None:
+def _check_target_dir(entry: lockfile.LockEntry, directory: Path, *, frozen: bool) -> None:
+    """Refuse a target directory that exists and is neither empty nor already exactly the locked files.
+
+    :class:`LockfileDriftError` with ``frozen`` (the deploy does not match the lockfile), else
+    :class:`UsageError` (as :func:`_write_to` would say, but before anything was imported).
+    """
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         files = [FileRecord(f.path, f.sha256, f.size) for f in entry.files]
         if not directory.is_dir() or not _dir_matches(directory, files):
+            if not frozen:
+                raise UsageError(
+                    f"{directory} already holds other files than {entry.ref}; nothing was imported or written",
+                    hint="choose a new or empty directory (--to)",
+                )
             raise _drift(
                 entry, f"{directory} holds other files than the lockfile pins",
                 "remove the directory, or deploy into a new one", reason="target-differs",

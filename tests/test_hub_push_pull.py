@@ -489,3 +489,58 @@ print("same tensors", tuple(loaded.shape))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "same tensors (4, 64)" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the token goes only to the configured endpoint
+
+
+def test_pull_of_a_catalogue_ref_sends_no_token_to_a_recorded_endpoint_that_is_not_configured(
+    hub_server: HubServer, token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prompt_tuning_random: Path
+) -> None:
+    """``spr pull REF`` through a hub copy recorded on server B while the configured endpoint is A.
+
+    B accepts the user's token; what B's own TokenRegistry is presented over HTTP is recorded by
+    wrapping its ``user_for`` (the server's check of every ``Authorization`` header). The repo on
+    B is private, so a pull that sent the token would succeed: it must fail as not found, with no
+    token presented. With ``--endpoint B`` (the user's choice) the token goes and the pull works,
+    which shows the recording sees a token when one is sent.
+    """
+    other = HubServer(tmp_path / "hub-b", tokens=[f"{HUB_TOKEN} tester"]).start()
+    try:
+        ref = catalogue.publish(prompt_tuning_random, REPO).version.ref
+        hub.push(ref, REPO, private=True, endpoint=other.url)  # records the hub copy on B
+        assert [c.endpoint for c in catalogue.get_version(ref).hub_copies] == [other.url]
+        presented: list[str] = []
+        real = other.tokens.user_for
+        monkeypatch.setattr(other.tokens, "user_for", lambda t: presented.append(t) or real(t))
+        other.clear_log()
+        with pytest.raises(HubError, match="not found") as excinfo:
+            hub.pull(ref)
+        assert "sent no token" in (excinfo.value.hint or "")
+        assert other.requests and presented == [] and hub_server.requests == []
+        assert hub.pull(ref, endpoint=other.url).digest == catalogue.get_version(ref).digest
+        assert presented and set(presented) == {HUB_TOKEN}
+    finally:
+        other.stop()
+
+
+def test_the_token_is_allowed_only_for_the_configured_endpoint(hub_server: HubServer, token: str) -> None:
+    port = hub_server.port
+    assert hub.HubClient().token_allowed and hub.HubClient().endpoint == hub_server.url
+    # The configured endpoint, however the record spells it (case, default port, trailing slash).
+    same = hub.HubClient(recorded=f"HTTP://127.0.0.1:{port}/")
+    assert same.token_allowed and same._token == HUB_TOKEN
+    # Any other endpoint: anonymous (token=False is what HfApi/hf_hub_download get).
+    for other in (f"http://localhost:{port}", "https://mirror.example.com", f"http://[::1]:{port}"):
+        client = hub.HubClient(recorded=other)
+        assert not client.token_allowed and client._token is False and client.api.token is False
+    # An explicit --endpoint is the user's choice: it gets the token, plain http included.
+    explicit = hub.HubClient("http://192.0.2.7:8080")
+    assert explicit.token_allowed and explicit._token == HUB_TOKEN
+    # A recorded endpoint that is plain http and not loopback, or not a plain URL, is refused.
+    for bad in ("http://192.0.2.7:8080", "http://hub.example.com", "ftp://127.0.0.1", "https://user:pw@hub.example.com"):
+        with pytest.raises(UsageError):
+            hub.HubClient(recorded=bad)
+    # --endpoint overrides a recorded endpoint (a mirror) and is trusted.
+    assert hub.HubClient(hub_server.url, recorded="http://192.0.2.7:8080").token_allowed

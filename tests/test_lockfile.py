@@ -7,10 +7,11 @@ server's storage, a lockfile naming a commit the repo never had or a digest it n
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_fixtures import HUB_TOKEN
+from hub_fixtures import HUB_TOKEN, HUB_USER
 from huggingface_hub import HfApi
 
 from ops_support import machine_env, switch_home
@@ -245,3 +246,111 @@ def test_frozen_refuses_a_target_directory_holding_other_files(
         hub.sync(path, to=tmp_path / "srv", frozen=True)
     with pytest.raises(AdapterNotFoundError):
         catalogue.get_version(REPO)
+
+
+def test_sync_checks_every_target_directory_before_importing_anything(
+    pushed: dict[str, hub.PushResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --frozen too: a conflicting directory for entry 2 fails before entry 1 is imported or written."""
+    path = tmp_path / "adapters.lock"
+    hub.lock(["team/coach@1", "team/coach@2"], path)
+    deploy(monkeypatch, tmp_path)
+    target = tmp_path / "srv" / "team" / "coach@2"
+    target.mkdir(parents=True)
+    (target / "adapter_config.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"coach@2 already holds other files than team/coach@2"):
+        hub.sync(path, to=tmp_path / "srv")
+    with pytest.raises(AdapterNotFoundError):
+        catalogue.get_version(REPO)
+    assert list(BlobStore().iter_blobs()) == [] and not (tmp_path / "srv" / "team" / "coach@1").exists()
+    assert (target / "adapter_config.json").read_text() == "{}"
+    target.joinpath("adapter_config.json").unlink()  # an empty directory is fine
+    assert [i.ref for i in hub.sync(path, to=tmp_path / "srv").items] == ["team/coach@1", "team/coach@2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the token goes only to the configured endpoint
+
+
+@pytest.fixture
+def other_hub(tmp_path: Path) -> Iterator[HubServer]:
+    """A second server ("B"), not the configured endpoint, that would accept the user's token."""
+    server = HubServer(tmp_path / "hub-b", tokens=[f"{HUB_TOKEN} {HUB_USER}"]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def record_tokens(monkeypatch: pytest.MonkeyPatch, server: HubServer) -> list[str]:
+    """Every bearer token ``server`` is presented, as its own TokenRegistry sees it.
+
+    The server checks each request's ``Authorization: Bearer`` value with ``tokens.user_for``
+    (:meth:`registry.hubserver.app.HubApp._caller`); wrapping that one method of the real
+    server's registry records what actually arrived over HTTP, while the client is untouched.
+    """
+    seen: list[str] = []
+    real = server.tokens.user_for
+
+    def user_for(token: str) -> str | None:
+        seen.append(token)
+        return real(token)
+
+    monkeypatch.setattr(server.tokens, "user_for", user_for)
+    return seen
+
+
+def test_sync_never_sends_the_token_to_an_endpoint_the_lockfile_names(
+    hub_server: HubServer, other_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    prompt_tuning_random: Path, prompt_tuning_text: Path,
+) -> None:
+    """The configured endpoint is server A (HF_ENDPOINT); the lockfile names server B.
+
+    B is started accepting the user's token, so a leak would go unnoticed by the client: what B's
+    own token registry is presented is recorded (see :func:`record_tokens`). A public repo on B
+    syncs anonymously with no token presented; a private one is invisible (which it would not be
+    with the token); the same lockfile with ``--endpoint B`` (the user's explicit choice) does
+    present the token and succeeds, which shows the recording can see a token when one is sent.
+    """
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    public = catalogue.publish(prompt_tuning_random, REPO).version.ref
+    private = catalogue.publish(prompt_tuning_text, "team/secret").version.ref
+    hub.push(public, REPO, endpoint=other_hub.url)
+    hub.push(private, "team/secret", private=True, endpoint=other_hub.url)
+    public_lock, private_lock = tmp_path / "public.lock", tmp_path / "private.lock"
+    hub.lock([public], public_lock, endpoint=other_hub.url)
+    hub.lock([private], private_lock, endpoint=other_hub.url)
+    assert lockfile.read(public_lock).entries[0].endpoint == other_hub.url != hub_server.url
+    deploy(monkeypatch, tmp_path)
+    presented = record_tokens(monkeypatch, other_hub)
+    hub_server.clear_log()
+    other_hub.clear_log()
+
+    result = hub.sync(public_lock)
+    assert result.items[0].imported and other_hub.requests  # fetched from B ...
+    assert presented == [] and hub_server.requests == []  # ... anonymously, and nothing went to A
+
+    with pytest.raises(LockfileDriftError, match="missing version: the repo is gone") as excinfo:
+        hub.sync(private_lock)
+    assert "sent no token" in (excinfo.value.hint or "") and HUB_TOKEN not in str(excinfo.value.hint)
+    assert presented == []
+    with pytest.raises(AdapterNotFoundError):
+        catalogue.get_version("team/secret")
+
+    assert hub.sync(private_lock, endpoint=other_hub.url).items[0].imported
+    assert presented and set(presented) == {HUB_TOKEN}
+
+
+def test_sync_refuses_a_plain_http_endpoint_that_is_not_loopback(
+    pushed: dict[str, hub.PushResult], hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "adapters.lock"
+    hub.lock(["team/coach@1"], path)
+    edit(path, lambda d: d["adapters"][0].update(endpoint="http://192.0.2.7:8080"))  # TEST-NET-1: never routed
+    deploy(monkeypatch, tmp_path)
+    hub_server.clear_log()
+    with pytest.raises(UsageError, match=r"refusing the plain-http Hub endpoint http://192\.0\.2\.7:8080"):
+        hub.sync(path)
+    assert hub_server.requests == []
+    # The user's own choice is not second-guessed: --endpoint A (a mirror) syncs the same lockfile.
+    assert hub.sync(path, endpoint=hub_server.url).items[0].digest == pushed["v1"].digest
