@@ -63,6 +63,8 @@ FINGERPRINT_SCHEME = "spr-embedding-fingerprint/v1"
 CACHE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
+# Checkpoint files that are pickles (torch.save): never read, only named when refusing a base.
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files whose bytes decide how text becomes token ids. tokenizer_config.json is left out on purpose:
 # transformers rewrites it on every save (new keys, reordered fields) without changing the vocabulary.
 TOKENIZER_FILES = (
@@ -174,9 +176,10 @@ def inspect_directory(path: Path) -> BaseModelFacts:
     """Everything :class:`BaseModelFacts` holds, read from a local directory without loading weights.
 
     Reads ``config.json``, the safetensors header(s), the tokenizer files' digests (cached) and the
-    fingerprint rows (cached). A directory without safetensors weights still yields the config
+    fingerprint rows (cached). A directory with no weight files at all still yields the config
     facts, with no fingerprint and no tensor shapes. Raises :class:`InvalidBaseModelError` for a
-    missing or malformed config, index or header.
+    missing or malformed config, index or header, and for a directory whose only weights are
+    pickled (``pytorch_model.bin``: convert it to safetensors).
     """
     path = Path(path).expanduser()
     root = path.resolve()
@@ -354,8 +357,45 @@ class _LocalReader:
             self.bytes_read += n
 
 
+def require_safetensors(path: Path) -> None:
+    """Refuse a base-model directory that has no safetensors weights.
+
+    Loading weights (transformers' ``from_pretrained``) needs ``model.safetensors`` or
+    ``model.safetensors.index.json``: a pickled checkpoint (``pytorch_model.bin``) is never loaded,
+    because unpickling runs whatever code the file names. Raises :class:`InvalidBaseModelError`
+    naming the fix (convert to safetensors).
+    """
+    root = Path(path).expanduser()
+    if (root / WEIGHTS_FILE).is_file() or (root / WEIGHTS_INDEX).is_file():
+        return
+    raise _no_safetensors_error(root, _pickled_weight_files(root))
+
+
+def _pickled_weight_files(root: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in root.iterdir() if p.suffix in PICKLED_WEIGHT_SUFFIXES and p.is_file())
+    except OSError:
+        return []
+
+
+def _no_safetensors_error(root: Path, pickled: Sequence[str]) -> InvalidBaseModelError:
+    found = f"only pickled weights ({', '.join(pickled[:3])}{', …' if len(pickled) > 3 else ''})" if pickled else "no weights"
+    return InvalidBaseModelError(
+        f"base model directory {root} has no safetensors weights ({WEIGHTS_FILE} or {WEIGHTS_INDEX}), {found}; "
+        "spr never unpickles a checkpoint",
+        hint="convert it to safetensors: load it once in a trusted environment and "
+        "save_pretrained(DIR, safe_serialization=True), then pass DIR",
+    )
+
+
 def _local_headers(root: Path, reader: _LocalReader) -> dict[str, SafetensorsHeader]:
-    """Headers of the weight files, keyed by file name relative to ``root``."""
+    """Headers of the weight files, keyed by file name relative to ``root``.
+
+    Returns ``{}`` for a directory with no weight files at all (its config facts still identify
+    it); raises :class:`InvalidBaseModelError` for one whose only weights are pickled: its
+    identity (fingerprint, tensor shapes) cannot be read without unpickling, and saying so beats
+    a verification that silently checks less.
+    """
     index = root / WEIGHTS_INDEX
     single = root / WEIGHTS_FILE
     try:
@@ -377,6 +417,9 @@ def _local_headers(root: Path, reader: _LocalReader) -> dict[str, SafetensorsHea
             return {WEIGHTS_FILE: reader.header(single, str(single))}
     except InvalidAdapterError as exc:  # tensorfile speaks of adapters; this is the base model
         raise InvalidBaseModelError(exc.message, hint=exc.hint) from None
+    pickled = _pickled_weight_files(root)
+    if pickled:
+        raise _no_safetensors_error(root, pickled)
     return {}
 
 
@@ -915,4 +958,5 @@ __all__: Sequence[str] = (
     "embedding_fingerprint",
     "tokenizer_digest_of",
     "parse_repo_spec",
+    "require_safetensors",
 )

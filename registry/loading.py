@@ -285,7 +285,10 @@ def _load_base(spec: str | os.PathLike[str], report: CompatReport, task_type: st
     cls = getattr(transformers, _AUTO_CLASS.get(task_type or "", "AutoModel"))
     path = Path(os.fspath(spec)).expanduser()
     if path.is_dir():
-        return cls.from_pretrained(str(path))
+        from registry import basemodel
+
+        basemodel.require_safetensors(path)  # a pickled checkpoint is refused, never unpickled
+        return cls.from_pretrained(str(path), use_safetensors=True)
     from huggingface_hub import snapshot_download
 
     from registry import settings
@@ -298,7 +301,7 @@ def _load_base(spec: str | os.PathLike[str], report: CompatReport, task_type: st
         token=settings.hub_token(),
         allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
     )
-    return cls.from_pretrained(local)
+    return cls.from_pretrained(local, use_safetensors=True)  # only *.safetensors were downloaded; never a pickle
 
 
 def _materialise(subject: AdapterSubject, into: Path) -> Path:

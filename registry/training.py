@@ -551,7 +551,12 @@ def load_base_model(spec: str, info: BaseModelInfo | None = None) -> tuple[Any, 
         AutoTokenizer,
     )
 
+    from registry import basemodel
+
     path = Path(spec).expanduser()
+    if path.is_dir():
+        # Outside the try below: InvalidBaseModelError is a ValueError and would be re-worded there.
+        basemodel.require_safetensors(path)  # a pickled checkpoint is refused, never unpickled
     try:
         if path.is_dir():
             source = str(path.resolve())
@@ -561,7 +566,7 @@ def load_base_model(spec: str, info: BaseModelInfo | None = None) -> tuple[Any, 
             config = AutoConfig.from_pretrained(source)
             seq2seq = bool(getattr(config, "is_encoder_decoder", False))
             cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-            model = cls.from_pretrained(source, dtype=torch.float32)
+            model = cls.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(source)
         if not path.is_dir():
             # Name the model as the repo it came from (PEFT records this as base_model_name_or_path).

@@ -256,3 +256,58 @@ def test_load_with_a_hub_base(prompt_tuning_random: Path, tiny_bloom: Path, hub_
     ref = publish(prompt_tuning_random, "team/coach", tiny_bloom)
     model = loading.load(ref, "tester/tiny-bloom")
     assert greedy(model, tiny_bloom) == toymodels.generate(tiny_bloom, prompt_tuning_random, PROMPT)
+
+
+class _PickleBomb:
+    """Unpickling this creates ``path``: the proof that a file was (or was not) unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("checkpoint", ["state-dict", "pickle-bomb"])
+def test_a_base_with_only_pickled_weights_is_refused_never_unpickled(
+    checkpoint: str, prompt_tuning_random: Path, tiny_bloom: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pickle
+    import shutil
+
+    import torch
+
+    from registry import training
+    from registry.cli.main import run
+    from registry.errors import InvalidBaseModelError
+
+    # The tiny base as a legacy checkpoint: config, tokenizer and pytorch_model.bin, no safetensors.
+    # (transformers 5 always saves safetensors, so the .bin is written with torch.save, as old releases did.)
+    base = tmp_path / "bin-base"
+    shutil.copytree(tiny_bloom, base, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    marker = tmp_path / "unpickled.marker"
+    if checkpoint == "state-dict":
+        torch.save(causal_lm(tiny_bloom).state_dict(), base / "pytorch_model.bin")
+    else:
+        (base / "pytorch_model.bin").write_bytes(pickle.dumps(_PickleBomb(marker)))
+    assert not list(base.glob("*.safetensors"))
+
+    # allow_different_base: even when the caller accepts an unrecorded base, a pickle is never loaded.
+    with pytest.raises(InvalidBaseModelError, match="no safetensors weights") as refused:
+        loading.load(prompt_tuning_random, str(base), allow_different_base=True)
+    assert "pytorch_model.bin" in refused.value.message and "safetensors" in (refused.value.hint or "")
+    # Each loader refuses by itself too, not only because verification came first.
+    with pytest.raises(InvalidBaseModelError, match="no safetensors weights"):
+        loading._load_base(str(base), None, "CAUSAL_LM")  # type: ignore[arg-type]
+    with pytest.raises(InvalidBaseModelError, match="no safetensors weights"):
+        training.load_base_model(str(base))
+
+    dataset = tmp_path / "coach.jsonl"
+    dataset.write_text("".join(f'{{"text": "{p}"}}\n' for p in toymodels.COACH_PROMPTS[:4]))
+    capsys.readouterr()
+    code = run(["train", "--base-model", str(base), "--dataset", str(dataset), "--no-publish",
+                "--output", str(tmp_path / "out"), "--max-steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "no safetensors weights" in err, err
+    assert not (tmp_path / "out").exists()
+    assert not marker.exists(), "a pickled checkpoint was unpickled"
