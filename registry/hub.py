@@ -696,9 +696,10 @@ def _parse_record(raw: Any, where: str) -> HubRecord:
         dataset = s.get("dataset")
         dataset_name = s.get("dataset_name")
         split = s.get("split")
-        for label, text in (("dataset_name", dataset_name), ("split", split)):
-            if text is not None and (not isinstance(text, str) or len(text) > 1000):
-                raise bad(f"eval score {metric!r}: malformed {label}")
+        # The catalogue's column sizes (eval_score.dataset_name 1000, .split 100).
+        for label, text, limit in (("dataset_name", dataset_name, 1000), ("split", split, 100)):
+            if text is not None and (not isinstance(text, str) or len(text) > limit):
+                raise bad(f"eval score {metric!r}: malformed {label} (a string of at most {limit} characters)")
         try:
             info = dataset_from_digest(dataset, dataset_name) if dataset is not None else None
         except (UsageError, AttributeError, TypeError):

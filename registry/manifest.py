@@ -138,6 +138,14 @@ _PEFT_STRS = ("task_type", "init_method", "init_text", "tokenizer", "peft_versio
 _BASE_INTS = ("hidden_size", "vocab_size", "num_layers", "num_heads")
 _BASE_STRS = ("revision", "architecture", "model_type", "config_digest", "embedding_fingerprint", "tokenizer_digest", "source")
 _MAX_INT = 2**31 - 1  # the catalogue's integer columns (PostgreSQL int4)
+# The catalogue's column sizes (registry/models.py) for the text a manifest carries: a longer value
+# would be a DataError on PostgreSQL (SQLite does not check), deep inside an import.
+_PEFT_LIMITS = {"task_type": 32, "init_method": 32, "tokenizer": 1000, "peft_version": 100}
+_BASE_LIMITS = {
+    "name": 1000, "revision": 200, "architecture": 200, "model_type": 100, "config_digest": 71,
+    "embedding_fingerprint": 71, "tokenizer_digest": 71, "source": 20,
+}
+_DATASET_LIMITS = {"name": 1000, "format": 20}
 
 
 def _check_sections(doc: dict[str, Any], where: str) -> None:
@@ -155,6 +163,12 @@ def _check_sections(doc: dict[str, Any], where: str) -> None:
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT
 
+    def check_lengths(section: dict[str, Any], prefix: str, limits: dict[str, int]) -> None:
+        for key, limit in limits.items():
+            value = section.get(key)
+            if isinstance(value, str) and len(value) > limit:
+                raise bad(f"malformed manifest: {prefix}.{key} is {len(value)} characters, longer than {limit}")
+
     peft = doc["peft"]
     if not isinstance(peft.get("peft_type"), str) or peft["peft_type"] not in SUPPORTED_TYPES:
         raise bad(f"peft.peft_type must be one of {', '.join(SUPPORTED_TYPES)}")
@@ -164,6 +178,7 @@ def _check_sections(doc: dict[str, Any], where: str) -> None:
     for key in _PEFT_STRS:
         if peft.get(key) is not None and not isinstance(peft[key], str):
             raise bad(f"peft.{key} must be a string or null")
+    check_lengths(peft, "peft", _PEFT_LIMITS)
     targets = peft.get("target_modules")
     if targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
         raise bad("peft.target_modules must be a list of strings")
@@ -187,6 +202,7 @@ def _check_sections(doc: dict[str, Any], where: str) -> None:
         for key in _BASE_STRS:
             if base.get(key) is not None and not isinstance(base[key], str):
                 raise bad(f"base_model.{key} must be a string or null")
+        check_lengths(base, "base_model", _BASE_LIMITS)
         if base.get("is_encoder_decoder") is not None and not isinstance(base["is_encoder_decoder"], bool):
             raise bad("base_model.is_encoder_decoder must be true, false or null")
     dataset = doc.get("dataset")
@@ -198,6 +214,7 @@ def _check_sections(doc: dict[str, Any], where: str) -> None:
         for key in ("name", "format"):
             if dataset.get(key) is not None and not isinstance(dataset[key], str):
                 raise bad(f"dataset.{key} must be a string or null")
+        check_lengths(dataset, "dataset", _DATASET_LIMITS)
         for key in ("records", "size"):
             if dataset.get(key) is not None and not (
                 isinstance(dataset[key], int) and not isinstance(dataset[key], bool) and dataset[key] >= 0

@@ -544,3 +544,67 @@ def test_the_token_is_allowed_only_for_the_configured_endpoint(hub_server: HubSe
             hub.HubClient(recorded=bad)
     # --endpoint overrides a recorded endpoint (a mirror) and is trusted.
     assert hub.HubClient(hub_server.url, recorded="http://192.0.2.7:8080").token_allowed
+
+
+# ---------------------------------------------------------------------------------------------
+# text from a Hub is bounded to the catalogue's column sizes
+
+
+def forged_hub_manifest(version, change_manifest=None, change_record=None) -> bytes:  # type: ignore[no-untyped-def]
+    """``spr_manifest.json`` for ``version`` after ``change_*``, with a digest that matches the change."""
+    doc = hub.manifest_document(version)
+    doc = json.loads(json.dumps(doc))
+    if change_manifest:
+        change_manifest(doc["manifest"])
+    if change_record:
+        change_record(doc["record"])
+    doc["digest"] = manifest.digest_of(doc["manifest"])
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "limit"),
+    [
+        ("peft", "task_type", 32),
+        ("peft", "init_method", 32),
+        ("peft", "peft_version", 100),
+        ("peft", "tokenizer", 1000),
+        ("base_model", "name", 1000),
+        ("base_model", "revision", 200),
+        ("base_model", "source", 20),
+        ("dataset", "format", 20),
+        ("dataset", "name", 1000),
+    ],
+)
+def test_over_long_manifest_text_is_refused_naming_the_field(
+    section: str, key: str, limit: int, prompt_tuning_random: Path
+) -> None:
+    version = catalogue.publish(
+        prompt_tuning_random, REPO, options=catalogue.PublishOptions(base_model_info=BASE)
+    ).version
+
+    def change(size: int):  # type: ignore[no-untyped-def]
+        def apply(m: dict) -> None:  # type: ignore[type-arg]
+            if section == "dataset":
+                m["dataset"] = {"digest": "sha256:" + "0" * 64, "name": "d", "format": "jsonl"}
+            m[section][key] = "x" * size
+        return apply
+
+    at_limit = forged_hub_manifest(version, change(limit))
+    assert hub.parse_hub_manifest(at_limit, repo_id=REPO, commit_sha="0" * 40, where="w").manifest[section][key] == "x" * limit
+    with pytest.raises(InvalidAdapterError, match=rf"malformed manifest: {section}\.{key} is {limit + 1} characters"):
+        hub.parse_hub_manifest(forged_hub_manifest(version, change(limit + 1)), repo_id=REPO, commit_sha="0" * 40, where="w")
+
+
+def test_over_long_eval_split_in_a_hub_record_is_refused(prompt_tuning_random: Path) -> None:
+    version = catalogue.publish(
+        prompt_tuning_random, REPO, options=catalogue.PublishOptions(evals=[catalogue.parse_eval("eval_loss=2.5")])
+    ).version
+
+    def split(size: int):  # type: ignore[no-untyped-def]
+        return lambda r: r["eval_scores"][0].update(split="s" * size)
+
+    ok = hub.parse_hub_manifest(forged_hub_manifest(version, change_record=split(100)), repo_id=REPO, commit_sha="0" * 40, where="w")
+    assert ok.record.evals[0].split == "s" * 100
+    with pytest.raises(InvalidAdapterError, match="malformed split"):
+        hub.parse_hub_manifest(forged_hub_manifest(version, change_record=split(101)), repo_id=REPO, commit_sha="0" * 40, where="w")
