@@ -187,3 +187,23 @@ def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2 and "without a revision" in err
     code, _out, err = spr(capsys, "sync", "/nonexistent.lock")
     assert code == 2 and "cannot read lockfile" in err
+
+
+def test_sync_of_a_lockfile_naming_a_plain_http_remote_endpoint_is_a_usage_error(
+    hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], published: str,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    code, _out, err = spr(capsys, "push", published, "--repo", REPO)
+    assert code == 0, err
+    lock = tmp_path / "adapters.lock"
+    code, _out, err = spr(capsys, "lock", published, "-o", str(lock))
+    assert code == 0, err
+    doc = json.loads(lock.read_text())
+    doc["adapters"][0]["endpoint"] = "http://hub.example.com"
+    lock.write_text(json.dumps(doc))
+    switch_home(monkeypatch, tmp_path / "deploy")
+    hub_server.clear_log()
+    code, out, err = spr(capsys, "sync", str(lock))
+    assert code == 2 and out == "" and hub_server.requests == []
+    assert err.startswith("error: refusing the plain-http Hub endpoint http://hub.example.com") and HUB_TOKEN not in err

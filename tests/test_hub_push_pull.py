@@ -608,3 +608,28 @@ def test_over_long_eval_split_in_a_hub_record_is_refused(prompt_tuning_random: P
     assert ok.record.evals[0].split == "s" * 100
     with pytest.raises(InvalidAdapterError, match="malformed split"):
         hub.parse_hub_manifest(forged_hub_manifest(version, change_record=split(101)), repo_id=REPO, commit_sha="0" * 40, where="w")
+
+
+def test_client_errors_never_carry_the_token(hub_server: HubServer, token: str) -> None:
+    """A server (or the client) echoing the token: every message the Hub module makes is redacted.
+
+    Real ``huggingface_hub`` exceptions are raised inside :meth:`HubClient.call`: an HTTP error
+    whose server message puts the token just where the 200-character cut falls (redacting after
+    cutting would leave half of it), and an unexpected exception whose text carries it.
+    """
+    import httpx2
+    from huggingface_hub.utils import hf_raise_for_status
+
+    client = hub.HubClient()
+    assert client._token == token
+    request = httpx2.Request("GET", f"{hub_server.url}/api/models/{REPO}")
+    echoed = httpx2.Response(500, request=request, json={"error": "x" * 195 + token + " was sent"})
+    with pytest.raises(HubError) as excinfo:
+        with client.call("reading", REPO):
+            hf_raise_for_status(echoed)
+    text = f"{excinfo.value} {excinfo.value.hint} {excinfo.value.fields}"
+    assert token[:5] not in text and "answered 500" in text
+    with pytest.raises(HubError) as unexpected:
+        with client.call("reading", REPO):
+            raise RuntimeError(f"header Authorization: Bearer {token}")
+    assert token not in str(unexpected.value) and "<token>" in str(unexpected.value)
