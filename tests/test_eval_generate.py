@@ -7,12 +7,11 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from registry.cli.main import run
+from cli_support import spr, write_jsonl
 
 from registry import catalogue, evaluation, toymodels, training
 from registry.digest import PREFIX, sha256_file
@@ -21,16 +20,6 @@ from registry.errors import EXIT_INCOMPATIBLE, EXIT_USAGE
 TEMPLATE = "Human: {prompt}\n\nAssistant: "
 
 
-def spr(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = run(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

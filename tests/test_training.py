@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry.cli.main import run
+from cli_support import spr, write_jsonl
 
 from registry import basemodel, catalogue, toymodels, training
 from registry.dataset import describe_dataset
@@ -27,17 +27,6 @@ from registry.digest import PREFIX, canonical_json, sha256_bytes, sha256_file
 from registry.errors import EXIT_INTERRUPTED, EXIT_USAGE
 
 
-def spr(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``spr`` in-process through the console script's entry point; return (code, stdout, stderr)."""
-    capsys.readouterr()
-    code = run(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
