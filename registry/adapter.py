@@ -8,11 +8,11 @@ It never unpickles anything: a directory holding only ``adapter_model.bin`` is r
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from registry.digest import parse_json_object
 from registry.errors import InvalidAdapterError
 from registry.tensorfile import count_non_finite, read_header
 from registry.types import AdapterFacts, AdapterFileInfo, TensorFacts
@@ -136,19 +136,9 @@ def _read_config(path: Path) -> dict[str, Any]:
             f"{path} is {size} bytes; an adapter config is expected to be under {MAX_CONFIG_BYTES} bytes",
             hint="this is not a PEFT adapter_config.json; re-save the adapter",
         )
-    try:
-        config = json.loads(path.read_bytes().decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
-        raise InvalidAdapterError(
-            f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})",
-            hint="re-save the adapter with PEFT's save_pretrained()",
-        ) from None
-    if not isinstance(config, dict):
-        raise InvalidAdapterError(
-            f"{path}: expected a JSON object, found {type(config).__name__}",
-            hint="re-save the adapter with PEFT's save_pretrained()",
-        )
-    return config
+    return parse_json_object(
+        path.read_bytes(), str(path), InvalidAdapterError, hint="re-save the adapter with PEFT's save_pretrained()"
+    )
 
 
 def _peft_type(config: dict[str, Any], path: Path) -> str:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from registry import settings
-from registry.digest import PREFIX, canonical_json, sha256_bytes, sha256_file
+from registry.digest import PREFIX, canonical_json, parse_json_object, sha256_bytes, sha256_file
 from registry.errors import HubError, InvalidAdapterError, InvalidBaseModelError, NotFoundError
 from registry.tensorfile import ITEMSIZE, MAX_HEADER_BYTES, SafetensorsHeader, TensorInfo, parse_header_bytes, read_header
 from registry.types import AdapterFacts, BaseModelInfo
@@ -285,13 +285,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def _parse_config(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        config = json.loads(data)
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, huge ints
-        raise InvalidBaseModelError(f"{where} is not valid JSON", hint="re-save the base model") from None
-    if not isinstance(config, dict):
-        raise InvalidBaseModelError(f"{where} is not a JSON object", hint="re-save the base model")
-    return config
+    return parse_json_object(data, where, InvalidBaseModelError, hint="re-save the base model")
 
 
 def config_facts(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from registry.digest import (
     canonical_json,
     json_digest,
     parse_digest,
+    parse_json_object,
     sha256_bytes,
     sha256_file,
 )
@@ -140,14 +141,10 @@ def parse_tags(items: Iterable[str]) -> dict[str, str]:
 def read_training_args(path: Path) -> dict[str, Any]:
     """Load ``--training-args FILE.json`` (an object)."""
     try:
-        doc = json.loads(Path(path).read_bytes())
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read training arguments {path}: {exc.strerror}") from None
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
-        raise UsageError(f"training arguments {path} are not valid JSON", hint="pass a JSON object") from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"training arguments {path}: expected a JSON object, found {type(doc).__name__}")
-    return doc
+    return parse_json_object(raw, f"training arguments {path}", UsageError, hint="pass a JSON object")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from registry.errors import UsageError
+from registry.errors import RegistryError, UsageError
 
 CHUNK = 1 << 20  # 1 MiB: large enough for hashlib to run at full speed, small enough for constant memory
 PREFIX = "sha256:"
@@ -60,6 +60,17 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
+
+
+def parse_json_object(raw: bytes, what: str, error: type[RegistryError], hint: str) -> dict[str, Any]:
+    """Parse untrusted bytes that must hold a JSON object; raise ``error`` naming ``what`` otherwise."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
+        raise error(f"{what} is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})", hint=hint) from None
+    if not isinstance(doc, dict):
+        raise error(f"{what}: expected a JSON object, found {type(doc).__name__}", hint=hint)
+    return doc
 
 
 def json_digest(value: Any) -> str:

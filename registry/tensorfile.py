@@ -11,7 +11,6 @@ allocation.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+from registry.digest import parse_json_object
 from registry.errors import InvalidAdapterError
 
 # The huggingface_hub client caps remote headers at 25 MB; so do we.
@@ -69,18 +69,10 @@ class SafetensorsHeader:
 
 def parse_header_bytes(raw: bytes, header_length: int, file_size: int | None, where: str) -> SafetensorsHeader:
     """Validate a header's JSON text. ``file_size`` None means unknown (remote, header only)."""
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
-        raise InvalidAdapterError(
-            f"{where}: the safetensors header is not valid JSON ({type(exc).__name__})",
-            hint="the file is corrupt or not a safetensors file; re-save it with safetensors",
-        ) from None
-    if not isinstance(doc, dict):
-        raise InvalidAdapterError(
-            f"{where}: expected the safetensors header to be a JSON object, found {type(doc).__name__}",
-            hint="re-save the file with safetensors",
-        )
+    doc = parse_json_object(
+        raw, f"{where}: the safetensors header", InvalidAdapterError,
+        hint="the file is corrupt or not a safetensors file; re-save it with safetensors",
+    )
     data_start = 8 + header_length
     data_size = None if file_size is None else file_size - data_start
     metadata_raw = doc.pop("__metadata__", None) or {}
