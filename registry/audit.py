@@ -409,15 +409,22 @@ def _size(path: Path) -> int:
 def gc(*, db: str | None = None, dry_run: bool = True, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> GcReport:
     """Remove blobs no version references, and temp files, older than ``grace_seconds``.
 
-    Order, and why it is safe next to a running publish: the store is listed first, then the
-    catalogue is read, then each candidate's age is checked again just before it is removed. A
-    publish writes (or, for content already stored, touches) its blobs before it commits, so a
-    blob it is about to reference is either referenced by then or younger than the grace period.
-    ``grace_seconds=0`` removes everything unreferenced: use it only when nothing else writes.
+    Why it is safe next to a running publish or pull: each holds the store's lock (shared) from
+    its first stored blob until its commit, and gc holds it exclusively while it lists the store,
+    reads the catalogue and deletes, so a blob about to be referenced is never removed. The grace
+    period (by mtime; a publish touches blobs it reuses) is a second guard for writers on other
+    machines sharing the store over a filesystem that may not honour locks.
     """
     if grace_seconds < 0:
         raise UsageError(f"the grace period must be 0 or more seconds, found {grace_seconds}")
     store = BlobStore()
+    if dry_run:
+        return _gc(store, db, dry_run, grace_seconds)
+    with store.collecting():  # no publish is between storing its blobs and committing meanwhile
+        return _gc(store, db, dry_run, grace_seconds)
+
+
+def _gc(store: BlobStore, db: str | None, dry_run: bool, grace_seconds: float) -> GcReport:
     now = time.time()
     listed: list[tuple[str, Path]] = [
         (name, path) for name, path in store.iter_blobs() if _HEX64.fullmatch(name) and path.parent.name == name[:2]

@@ -194,29 +194,30 @@ def publish(
     dataset = _dataset_info(options)
     parent_digest = _parent_digest(options, db)
     _check_template(options.template)
-    files = _store_files(facts, progress)
-    manifest = manifests.build(
-        facts,
-        files,
-        base_model=base,
-        dataset=dataset,
-        training=options.training,
-        template=options.template,
-        parent_digest=parent_digest,
-    )
     actor = settings.current_actor(options.author)
-    return _record_version(
-        db,
-        namespace,
-        short,
-        manifest,
-        actor=actor,
-        description=options.description,
-        tags=options.tags,
-        evals=options.evals,
-        lineage_verified=options.lineage_verified,
-        action="publish",
-    )
+    with BlobStore().writing():  # from the first stored blob to the commit: gc keeps out
+        files = _store_files(facts, progress)
+        manifest = manifests.build(
+            facts,
+            files,
+            base_model=base,
+            dataset=dataset,
+            training=options.training,
+            template=options.template,
+            parent_digest=parent_digest,
+        )
+        return _record_version(
+            db,
+            namespace,
+            short,
+            manifest,
+            actor=actor,
+            description=options.description,
+            tags=options.tags,
+            evals=options.evals,
+            lineage_verified=options.lineage_verified,
+            action="publish",
+        )
 
 
 def import_manifest(
@@ -241,6 +242,30 @@ def import_manifest(
     """
     namespace, short = split_name(name)
     store = BlobStore()
+    with store.writing():  # from the first stored blob to the commit: gc keeps out
+        return _import_files_and_record(
+            store, Path(directory), namespace, short, manifest, db=db, actor=settings.current_actor(author),
+            description=description, tags=tags or {}, evals=evals, lineage_verified=lineage_verified,
+            preferred_number=preferred_number, details=details,
+        )
+
+
+def _import_files_and_record(
+    store: BlobStore,
+    directory: Path,
+    namespace: str,
+    short: str,
+    manifest: dict[str, Any],
+    *,
+    db: str | None,
+    actor: str,
+    description: str | None,
+    tags: dict[str, str],
+    evals: Sequence[EvalInput],
+    lineage_verified: bool,
+    preferred_number: int | None,
+    details: dict[str, Any] | None,
+) -> PublishResult:
     for entry in manifest["files"]:
         rel = manifests.check_relative_path(entry["path"], "manifest")
         path = Path(directory) / rel
@@ -264,15 +289,15 @@ def import_manifest(
                 expected=entry["sha256"],
                 found=sha,
             )
-    _check_manifest_describes(Path(directory), manifest)
+    _check_manifest_describes(directory, manifest)
     return _record_version(
         db,
         namespace,
         short,
         manifest,
-        actor=settings.current_actor(author),
+        actor=actor,
         description=description,
-        tags=tags or {},
+        tags=tags,
         evals=evals,
         lineage_verified=lineage_verified,
         action="import",

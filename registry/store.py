@@ -7,11 +7,13 @@ Leftover ``.tmp-*`` files from a killed process are invisible to readers and rem
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +22,7 @@ from registry.digest import CHUNK, ProgressCallback, sha256_file
 from registry.errors import DigestMismatchError, IntegrityError, NotFoundError
 
 TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".gc.lock"
 
 
 class BlobStore:
@@ -33,6 +36,33 @@ class BlobStore:
 
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held (shared) by a publish or pull from its first blob until its commit.
+
+        ``spr gc`` takes the same lock exclusively while it decides and deletes, so it can never
+        remove a blob that a running publish has stored (or found already stored) and is about to
+        reference. Many writers hold it at once. The operating system releases it if the process dies.
+        """
+        with self._flock(fcntl.LOCK_SH):
+            yield
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Held exclusively by ``spr gc``: no publish is between storing blobs and committing."""
+        with self._flock(fcntl.LOCK_EX):
+            yield
+
+    @contextmanager
+    def _flock(self, mode: int) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def reuse(self, sha256: str) -> bool:
         """True when the blob is already stored; it is then marked fresh so gc's grace period covers it."""

@@ -269,3 +269,26 @@ def test_audit_as_a_process_exits_5_on_damage(published: list[str]) -> None:
     assert proc.returncode == EXIT_INTEGRITY, proc.stderr
     assert proc.stdout.startswith("error blob-missing sha256:")
     assert "1 error(s)" in proc.stderr
+
+
+def test_gc_waits_for_a_publish_between_storing_blobs_and_committing() -> None:
+    # A publish holds the store's lock (shared) from its first blob to its commit; gc takes it
+    # exclusively, so it cannot delete a blob that is about to be referenced.
+    import threading
+
+    from registry.store import BlobStore
+
+    store = BlobStore()
+    sha = store.put_bytes(b"an orphan old enough for any grace period")
+    old = time.time() - 7200
+    os.utime(store.path(sha), (old, old))
+    result: dict[str, object] = {}
+    with store.writing():
+        worker = threading.Thread(target=lambda: result.setdefault("report", audit.gc(dry_run=False, grace_seconds=0)))
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive(), "gc ran while a publish held the store"
+        assert store.has(sha)
+    worker.join(timeout=30)
+    report = result["report"]
+    assert sha in report.blobs and not store.has(sha)  # type: ignore[attr-defined]
