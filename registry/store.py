@@ -7,7 +7,6 @@ Leftover ``.tmp-*`` files from a killed process are invisible to readers and rem
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import secrets
@@ -19,6 +18,11 @@ from typing import BinaryIO
 
 from registry import settings
 from registry.digest import CHUNK, ProgressCallback, sha256_file
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; gc then relies on its grace period alone
+    fcntl = None  # type: ignore[assignment]
 from registry.errors import DigestMismatchError, IntegrityError, NotFoundError
 
 TMP_PREFIX = ".tmp-"
@@ -45,21 +49,24 @@ class BlobStore:
         remove a blob that a running publish has stored (or found already stored) and is about to
         reference. Many writers hold it at once. The operating system releases it if the process dies.
         """
-        with self._flock(fcntl.LOCK_SH):
+        with self._flock(exclusive=False):
             yield
 
     @contextmanager
     def collecting(self) -> Iterator[None]:
         """Held exclusively by ``spr gc``: no publish is between storing blobs and committing."""
-        with self._flock(fcntl.LOCK_EX):
+        with self._flock(exclusive=True):
             yield
 
     @contextmanager
-    def _flock(self, mode: int) -> Iterator[None]:
+    def _flock(self, *, exclusive: bool) -> Iterator[None]:
+        if fcntl is None:
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, mode)
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
