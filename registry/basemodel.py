@@ -37,7 +37,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,9 +47,28 @@ if TYPE_CHECKING:
     import numpy as np
 
 from registry import settings
-from registry.digest import PREFIX, canonical_json, parse_json_object, sha256_bytes, sha256_file
-from registry.errors import HubError, InvalidAdapterError, InvalidBaseModelError, NotFoundError
-from registry.tensorfile import ITEMSIZE, MAX_HEADER_BYTES, SafetensorsHeader, TensorInfo, parse_header_bytes, read_header
+from registry.digest import (
+    PREFIX,
+    canonical_json,
+    parse_json_object,
+    sha256_bytes,
+    sha256_file,
+)
+from registry.errors import (
+    HubError,
+    InvalidAdapterError,
+    InvalidBaseModelError,
+    NotFoundError,
+)
+from registry.store import atomic_write_bytes
+from registry.tensorfile import (
+    ITEMSIZE,
+    MAX_HEADER_BYTES,
+    SafetensorsHeader,
+    TensorInfo,
+    parse_header_bytes,
+    read_header,
+)
 from registry.types import AdapterFacts, BaseModelInfo
 
 MAX_CONFIG_BYTES = 5_000_000
@@ -629,17 +647,9 @@ def _cache_get(kind: str, key: str, pattern: str) -> str | None:
 def _cache_put(kind: str, key: str, value: str) -> None:
     directory = _cache_dir(kind)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"key": key, "value": value}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, directory / (sha256_bytes(key.encode()) + ".json"))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(
+            directory / (sha256_bytes(key.encode()) + ".json"), json.dumps({"key": key, "value": value}).encode()
+        )
     except OSError:
         pass  # a read-only home only costs the next call a re-read
 
@@ -836,7 +846,11 @@ class _RemoteFiles:
         from urllib.parse import urljoin, urlsplit
 
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+        from huggingface_hub.utils import (
+            build_hf_headers,
+            get_session,
+            hf_raise_for_status,
+        )
 
         url = hf_hub_url(self.repo_id, filename, revision=self.commit, endpoint=self.endpoint)
         headers = build_hf_headers(token=self.token)

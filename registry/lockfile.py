@@ -28,9 +28,7 @@ a deploy script may have been handed by someone else.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from registry.digest import PREFIX, parse_digest
 from registry.errors import InvalidAdapterError, UsageError
 from registry.manifest import check_relative_path
 from registry.refs import split_name, validate_name
+from registry.store import atomic_write_bytes
 
 LOCKFILE_VERSION = 1
 MAX_LOCKFILE_BYTES = 20_000_000
@@ -110,17 +109,7 @@ def dumps(lock: Lockfile) -> bytes:
 def write(lock: Lockfile, path: Path | str) -> Path:
     """Write ``lock`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".spr-lock-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(dumps(lock))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, dumps(lock))
     return path
 
 

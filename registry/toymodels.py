@@ -46,7 +46,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from registry.errors import DependencyMissingError, InvalidAdapterError, InvalidBaseModelError, UsageError
+from registry.errors import (
+    DependencyMissingError,
+    InvalidAdapterError,
+    InvalidBaseModelError,
+    UsageError,
+)
+from registry.store import atomic_write_bytes
 from registry.training import quiet
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -256,24 +262,6 @@ def quotes_split() -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _jsonl(records: Iterable[Mapping[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 
@@ -328,7 +316,7 @@ def write_demo_datasets(directory: str | os.PathLike[str]) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for key, (name, records) in files.items():
         path = out / name
-        _atomic_write_bytes(path, _jsonl(records))
+        atomic_write_bytes(path, _jsonl(records))
         paths[key] = path
     return paths
 

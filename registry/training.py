@@ -65,6 +65,7 @@ from registry.errors import (
     InvalidDatasetError,
     UsageError,
 )
+from registry.store import atomic_write_bytes
 from registry.types import BaseModelInfo, DatasetInfo, PublishResult, VersionInfo
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -310,18 +311,7 @@ def write_examples_jsonl(examples: Sequence[Example], path: Path | str) -> Datas
     """Write ``examples`` as canonical JSON lines to ``path`` (atomically); return its identity."""
     data = examples_jsonl(examples)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
     return DatasetInfo(digest=PREFIX + sha256_bytes(data), name=path.name, format="jsonl", records=len(examples), size=len(data))
 
 
