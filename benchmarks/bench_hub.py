@@ -94,7 +94,8 @@ def child(script: str, env: dict[str, str], *args: str) -> tuple[float, str]:
 SPR_PULL = """
 import sys, time
 import huggingface_hub, huggingface_hub.hf_api, huggingface_hub.file_download  # imported before the clock, as below
-from registry import catalogue, hub
+from registry import catalogue
+from registry import hub
 catalogue.list_versions()  # create the empty catalogue before the clock
 t = time.perf_counter()
 result = hub.pull(sys.argv[1], endpoint=sys.argv[2])
@@ -104,7 +105,8 @@ print(time.perf_counter() - t, result.imported, result.bytes)
 SPR_PULL_PHASES = """
 import sys, time
 import huggingface_hub, huggingface_hub.hf_api, huggingface_hub.file_download
-from registry import catalogue, hub
+from registry import catalogue
+from registry import hub
 catalogue.list_versions()
 spent = {"verify (sha256 of the downloaded files)": 0.0, "import (blob store copy + fsync, catalogue rows)": 0.0}
 def timed(label, fn):
@@ -162,7 +164,8 @@ def main() -> None:
     os.environ["SPR_HOME"] = str(publisher)
     os.environ["HF_HOME"] = str(work / "hf-publisher")
     os.environ["HF_TOKEN"] = TOKEN
-    from registry import catalogue, hub
+    from registry import catalogue
+    from registry import hub
     from registry.hubserver import HubServer
 
     server = HubServer(work / "hub-root", tokens=[f"{TOKEN} bench"], lfs_mode="auto").start()

@@ -43,7 +43,8 @@ for i in range(count):
     w = np.random.default_rng(first + i).standard_normal((tokens, dim)).astype(np.float32)
     save_file({"prompt_embeddings": w}, str(d / "adapter_model.safetensors"))
     dirs.append(d)
-from registry import catalogue, db
+from registry import db
+from registry import catalogue
 db.get_engine()  # connect and check the schema before the clock starts
 print("ready", flush=True)
 sys.stdin.readline()
@@ -142,7 +143,8 @@ def run_audit(args: argparse.Namespace, root: Path) -> dict[str, object]:
     home = root / "audit-home"
     os.environ["SPR_HOME"] = str(home)
     os.environ.pop("SPR_DATABASE_URL", None)
-    from registry import audit, catalogue
+    from registry import ops as audit
+    from registry import catalogue
 
     per_blob_mib = 64
     count = max(1, args.audit_mib // per_blob_mib)
@@ -158,9 +160,9 @@ def run_audit(args: argparse.Namespace, root: Path) -> dict[str, object]:
         catalogue.publish(d, "bench/audit")
         for f in d.iterdir():
             f.unlink()
-    from registry.store import BlobStore
+    from registry.storage import LocalBlobStore
 
-    blobs = [path for _, path in BlobStore().iter_blobs()]
+    blobs = [path for _, path in LocalBlobStore().iter_blobs()]
     total = sum(p.stat().st_size for p in blobs)
     for p in blobs:  # warm the page cache so both sides read from memory
         with open(p, "rb") as f:

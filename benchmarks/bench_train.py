@@ -32,7 +32,7 @@
 
 4. Interleaved (``--interleaved ROUNDS``): both trainers in one process, each on its own copy of the
    base, one optimizer step per ``train()`` call (the same seeded first batch every time, so every
-   step does the same work), alternating which side goes first. The spr side is built by ``registry.training.make_trainer``, the function ``spr train``
+   step does the same work), alternating which side goes first. The spr side is built by ``registry.ml.training.make_trainer``, the function ``spr train``
    runs. Neighbouring steps share whatever else the machine is doing, so their throughput ratio
    (round 1, the warm-up, left out) is the most noise-resistant figure here.
 
@@ -69,7 +69,7 @@ def build_base(bench_dir: Path, quick: bool) -> Path:
 
 def write_data(bench_dir: Path) -> tuple[Path, Path]:
     """50 training examples (column ``prompt``, as in the notebook) and 5 held-out ones."""
-    from registry import toymodels
+    from registry.demo import toymodels
 
     rows = [*toymodels.COACH_PROMPTS, *toymodels.QUOTES[:10]]
     held = toymodels.QUOTES[10:15]
@@ -195,7 +195,7 @@ from pathlib import Path
 import torch
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
-from registry import training
+from registry.ml import training
 
 base, data, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained(base)

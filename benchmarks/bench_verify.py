@@ -6,7 +6,7 @@
    250,880; random weights, fp32, about 2.2 GB) and a prompt-tuning adapter for it, under
    ``--bench-dir`` (default ``$SPR_BENCH_DIR``, else ``/work/.bench``), outside the repository.
 2. Publishes the adapter into a fresh temporary ``SPR_HOME`` with ``--base-model`` (identity recorded).
-3. ``verify`` in-process (``registry.loading.verify(REF, BASE_DIR)``), median of N calls, with the
+3. ``verify`` in-process (``registry.ml.loading.verify(REF, BASE_DIR)``), median of N calls, with the
    fingerprint cache cleared before each call ("uncached": the embedding rows are really read) and
    kept ("cached"). Bytes: the library's own count of bytes read from the base's weight file, and
    this process's ``/proc/self/io`` ``rchar`` (every byte any ``read`` returned) and ``read_bytes``
@@ -52,7 +52,7 @@ def build(bench_dir: Path) -> tuple[Path, Path]:
     base = build_bloom_base(bench_dir)
     adapter = bench_dir / "bloom-560m-shape-prompt"
     if not (adapter / "adapter_model.safetensors").is_file():
-        from registry import toymodels
+        from registry.demo import toymodels
 
         log("making the prompt-tuning adapter (loads the base once)...")
         toymodels.make_adapter(base, adapter, "PROMPT_TUNING", num_virtual_tokens=20)
@@ -117,7 +117,8 @@ def main() -> None:
     cache = home / "cache"
     results: dict[str, Any] = {"base": str(base), "base_bytes": weights.stat().st_size, "shape": SHAPE, "runs": args.runs}
     try:
-        from registry import catalogue, loading
+        from registry import catalogue
+        from registry.ml import loading
 
         ref = catalogue.publish(adapter, "bench/prompt", options=catalogue.PublishOptions(base_model=str(base))).version.ref
         clear = lambda: shutil.rmtree(cache, ignore_errors=True)  # noqa: E731

@@ -28,7 +28,7 @@ def build_bloom_base(bench_dir: Path, quick: bool = False) -> Path:
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
-    from registry import toymodels
+    from registry.demo import toymodels
 
     shape = QUICK_SHAPE if quick else SHAPE
     log(f"building the base under {base} (once)...")

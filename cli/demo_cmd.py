@@ -69,7 +69,7 @@ class Tour:
 def demo(workdir: Path | None) -> None:
     """A tour of the real workflow on tiny models, offline, in a fresh catalogue."""
     try:
-        from registry import toymodels
+        from registry.demo import toymodels
     except ImportError as exc:  # pragma: no cover - the [ml] extra is missing
         raise click.ClickException(f"spr demo needs the [ml] extra: pip install 'softprompt-registry[ml]' ({exc})")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="spr-demo-")).resolve()
@@ -201,7 +201,8 @@ def _two_tasks_one_base(tour: Tour, base: Path) -> None:
     """The classic notebook setup, made safe: two verified soft prompts on one copy of the base."""
     import torch
 
-    from registry import loading, toymodels
+    from registry.ml import loading
+    from registry.demo import toymodels
 
     tour.say("two verified soft prompts on one copy of the base (loading.load_many, then set_adapter):")
     model = loading.load_many(["team/coach@2", "team/quotes@1"], str(base))

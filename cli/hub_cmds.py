@@ -115,7 +115,8 @@ def import_(app: AppContext, target: str, name: str | None, description: str | N
 @pass_app
 def lock(app: AppContext, refs: tuple[str, ...], output: Path, endpoint: str | None) -> None:
     """Pin versions (catalogue refs with a hub copy, or Hub repos NS/NAME@TAG) in a lockfile."""
-    from registry import hub, lockfile
+    from registry import hub
+    from registry.hub import lockfile
 
     result = hub.lock(list(refs), output, db=app.db, endpoint=endpoint)
 

@@ -10,7 +10,7 @@ from registry.cli.output import hashing_progress
 
 from registry.errors import EXIT_INTEGRITY
 
-# Mirrors registry.audit.DEFAULT_GRACE_SECONDS (a test keeps them equal): the CLI imports the
+# Mirrors registry.ops.DEFAULT_GRACE_SECONDS (a test keeps them equal): the CLI imports the
 # audit module, and with it SQLAlchemy, only when a command runs.
 DEFAULT_GRACE_SECONDS = 3600.0
 
@@ -37,7 +37,7 @@ def audit(app: AppContext, strict: bool, no_rehash: bool) -> None:
     """
     ctx = click.get_current_context()
     with hashing_progress(_referenced_bytes_hint(app), "auditing blobs") as progress:
-        from registry import audit as audits
+        from registry import ops as audits
 
         report = audits.audit(db=app.db, rehash=not no_rehash, progress=progress)
     failed = bool(report.errors) or (strict and bool(report.warnings))
@@ -80,17 +80,11 @@ def _referenced_bytes_hint(app: AppContext) -> int:
     # only on a terminal, so scripts do not pay for the scan.
     import sys
 
-    from registry.store import BlobStore
+    from registry.storage import BlobStore, open_store
 
     if not sys.stderr.isatty():
         return 0
-    total = 0
-    for _, path in BlobStore().iter_blobs():
-        try:
-            total += path.stat().st_size
-        except OSError:
-            pass
-    return total
+    return sum(blob.size for blob in open_store().iter_blobs())
 
 
 @cli.command()
@@ -103,7 +97,7 @@ def _referenced_bytes_hint(app: AppContext) -> int:
 @pass_app
 def gc(app: AppContext, yes: bool, grace: float) -> None:
     """Remove blobs no version references, and leftover temp files (dry run unless --yes)."""
-    from registry import audit as audits
+    from registry import ops as audits
 
     report = audits.gc(db=app.db, dry_run=not yes, grace_seconds=grace)
 
@@ -133,7 +127,7 @@ def backup(app: AppContext, file: Path) -> None:
     For PostgreSQL, use pg_dump and copy the blob directory after the dump (see the README).
     """
     with hashing_progress(_referenced_bytes_hint(app), f"backing up to {file.name}") as progress:
-        from registry import audit as audits
+        from registry import ops as audits
 
         report = audits.backup(file, db=app.db, progress=progress)
     emit(app, report, lambda: click.echo(
@@ -150,7 +144,7 @@ def restore(app: AppContext, file: Path) -> None:
     """Restore a backup written by 'spr backup' into a new SQLite catalogue (never overwrites one)."""
     size = file.stat().st_size if file.is_file() else 0
     with hashing_progress(size, f"restoring {file.name}") as progress:
-        from registry import audit as audits
+        from registry import ops as audits
 
         report = audits.restore(file, db=app.db, progress=progress)
 

@@ -1,7 +1,7 @@
 """Training commands: ``spr train``, ``spr eval REF --dataset PATH`` and ``spr generate``.
 
-Each parses its options, makes one library call (:mod:`registry.training`,
-:mod:`registry.evaluation`) and prints. torch is imported by those calls, never when this module
+Each parses its options, makes one library call (:mod:`registry.ml.training`,
+:mod:`registry.ml.evaluation`) and prints. torch is imported by those calls, never when this module
 is imported: ``spr list`` must start without it.
 """
 
@@ -115,7 +115,8 @@ def train(
     perplexity (tied to the held-out data's digest), the template and the parent. Ctrl-C stops
     training and publishes nothing (exit 130).
     """
-    from registry import catalogue, training
+    from registry import catalogue
+    from registry.ml import training
     from registry.errors import UsageError
 
     if publish and not name:
@@ -207,7 +208,7 @@ def eval_run(
     allow_different_base: bool, no_record: bool,
 ) -> None:
     """Verify, load and score REF on a dataset; record each score with the dataset's digest."""
-    from registry import evaluation
+    from registry.ml import evaluation
 
     report = evaluation.evaluate(
         ref, dataset, base_model=base_model, metrics=metrics or None, split=split, text_column=text_column, db=app.db,
@@ -249,7 +250,7 @@ def generate(
     compare_base: bool, no_template: bool, device: str, allow_different_base: bool,
 ) -> None:
     """Verify and load REF, then generate from PROMPT with its recorded template."""
-    from registry import evaluation
+    from registry.ml import evaluation
 
     result = evaluation.generate(
         ref, prompt, base_model=base_model, max_new_tokens=max_new_tokens, compare_base=compare_base,

@@ -26,7 +26,7 @@ class AdapterFileInfo:
 
 @dataclass(frozen=True)
 class AdapterFacts:
-    """What :func:`registry.adapter.read_adapter` learns from an adapter directory, without torch."""
+    """What :func:`registry.adapters.reader.read_adapter` learns from an adapter directory, without torch."""
 
     peft_type: str
     task_type: str | None

@@ -1,7 +1,7 @@
 """Fixtures that build tiny base models and adapters with real transformers and PEFT.
 
 Everything is built once per test session under ``tmp_path_factory`` by
-:mod:`registry.toymodels` and handed out as a ``Path``; a fixture is only built when a test asks
+:mod:`registry.demo.toymodels` and handed out as a ``Path``; a fixture is only built when a test asks
 for it (directly or through another fixture). Session fixtures are shared: **never modify them**.
 A test that needs to damage an adapter asks :func:`adapter_factory` for a private copy.
 
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from registry import toymodels
+from registry.demo import toymodels
 
 __all__ = [
     "ADAPTER_FIXTURES",
@@ -217,7 +217,7 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_datasets(toy_root: Path) -> dict[str, Path]:
-    """The demo datasets as JSONL files (keys as in :func:`registry.toymodels.write_demo_datasets`)."""
+    """The demo datasets as JSONL files (keys as in :func:`registry.demo.toymodels.write_demo_datasets`)."""
     return toymodels.write_demo_datasets(toy_root / "datasets")
 
 

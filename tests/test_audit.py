@@ -20,9 +20,11 @@ from ops_support import write_small_adapter
 from registry.cli.main import run
 from sqlalchemy import text
 
-from registry import audit, catalogue, db
+from registry import db
+from registry import ops as audit
+from registry import catalogue
 from registry.errors import EXIT_INTEGRITY
-from registry.store import TMP_PREFIX, BlobStore
+from registry.storage.local import TMP_PREFIX, LocalBlobStore
 
 NAME = "team/coach"
 
@@ -90,7 +92,7 @@ def test_audit_of_an_empty_catalogue(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_flipped_byte_in_a_blob_is_reported(published: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     sha = weights_blob(published[1])
-    path = BlobStore().path(sha)
+    path = LocalBlobStore().path(sha)
     os.chmod(path, 0o644)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
@@ -108,7 +110,7 @@ def test_flipped_byte_in_a_blob_is_reported(published: list[str], capsys: pytest
 
 def test_deleted_blob_is_reported(published: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     sha = weights_blob(published[0])
-    BlobStore().remove(sha)
+    LocalBlobStore().remove(sha)
     code, out, _ = spr(capsys, "audit", "--json")
     assert code == EXIT_INTEGRITY
     doc = json.loads(out)
@@ -180,7 +182,7 @@ def test_alias_pointing_at_another_adapters_version_is_reported(published: list[
 def test_leftovers_are_warnings_and_strict_fails_on_them(
     published: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = BlobStore()
+    store = LocalBlobStore()
     orphan = store.put_bytes(b"written by a publish that was killed before its commit")
     (store.root / "sha256" / f"{TMP_PREFIX}killed").write_bytes(b"partial")
     code, out, err = spr(capsys, "audit")
@@ -193,7 +195,7 @@ def test_leftovers_are_warnings_and_strict_fails_on_them(
 
 
 def test_stray_file_in_the_store_is_a_warning(published: list[str]) -> None:
-    shard = BlobStore().root / "sha256" / "ab"
+    shard = LocalBlobStore().root / "sha256" / "ab"
     shard.mkdir(parents=True, exist_ok=True)
     (shard / "notes.txt").write_text("hello")
     report = audit.audit()
@@ -212,8 +214,8 @@ def age(path: Path, seconds: float) -> None:
 def test_gc_is_a_dry_run_by_default_and_removes_only_unreferenced_files(
     published: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = BlobStore()
-    referenced = {sha for sha, _ in store.iter_blobs()}
+    store = LocalBlobStore()
+    referenced = {sha for sha, _ in store.iter_blob_paths()}
     orphan = store.put_bytes(b"orphan")
     temp = store.root / "sha256" / f"{TMP_PREFIX}partial"
     temp.write_bytes(b"partial")
@@ -230,12 +232,12 @@ def test_gc_is_a_dry_run_by_default_and_removes_only_unreferenced_files(
     doc = json.loads(out)
     assert code == 0 and doc["blobs"] == [orphan] and doc["dry_run"] is False and len(doc["temp_files"]) == 1
     assert not store.has(orphan) and not temp.exists()
-    assert {sha for sha, _ in store.iter_blobs()} == referenced
+    assert {sha for sha, _ in store.iter_blob_paths()} == referenced
     assert audit.audit().problems == ()
 
 
 def test_gc_keeps_recent_leftovers_unless_grace_is_zero(published: list[str]) -> None:
-    store = BlobStore()
+    store = LocalBlobStore()
     orphan = store.put_bytes(b"a publish in flight wrote this a moment ago")
     report = audit.gc(dry_run=False)
     assert report.blobs == () and report.kept_recent == 1 and store.has(orphan)
@@ -246,7 +248,7 @@ def test_gc_keeps_recent_leftovers_unless_grace_is_zero(published: list[str]) ->
 def test_republishing_content_of_an_old_orphan_protects_it_from_gc(tmp_path: Path) -> None:
     """A publish that reuses an old unreferenced blob refreshes it, so gc's grace period covers it."""
     adapter = write_small_adapter(tmp_path / "a", 5)
-    store = BlobStore()
+    store = LocalBlobStore()
     sha, _ = store.put_file(adapter / "adapter_model.safetensors")  # as a killed publish would leave it
     age(store.path(sha), 7200)
     assert audit.gc(dry_run=True).blobs == (sha,)
@@ -262,7 +264,7 @@ def test_gc_refuses_a_negative_grace(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_audit_as_a_process_exits_5_on_damage(published: list[str]) -> None:
-    BlobStore().remove(weights_blob(published[2]))
+    LocalBlobStore().remove(weights_blob(published[2]))
     proc = subprocess.run(
         [sys.executable, "-m", "registry.cli.main", "audit"], capture_output=True, text=True, timeout=60, check=False
     )
@@ -276,9 +278,9 @@ def test_gc_waits_for_a_publish_between_storing_blobs_and_committing() -> None:
     # exclusively, so it cannot delete a blob that is about to be referenced.
     import threading
 
-    from registry.store import BlobStore
+    from registry.storage import LocalBlobStore
 
-    store = BlobStore()
+    store = LocalBlobStore()
     sha = store.put_bytes(b"an orphan old enough for any grace period")
     old = time.time() - 7200
     os.utime(store.path(sha), (old, old))

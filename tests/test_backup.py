@@ -17,10 +17,11 @@ import pytest
 from ops_support import WORKER, alias_history_problems, switch_home, write_small_adapter
 from registry.cli.main import run
 
-from registry import audit, catalogue
+from registry import ops as audit
+from registry import catalogue
 from registry.digest import sha256_file
 from registry.errors import IntegrityError, NotFoundError, UsageError
-from registry.store import BlobStore
+from registry.storage import LocalBlobStore
 
 TESTS_DIR = str(Path(__file__).parent)
 NAME = "team/coach"
@@ -124,7 +125,7 @@ def test_backup_refuses_to_overwrite_and_to_copy_damage(tmp_path: Path) -> None:
     assert existing.read_bytes() == b"keep me"
 
     sha = next(f.sha256 for f in catalogue.get_version(NAME).files if f.path == "adapter_model.safetensors")
-    BlobStore().remove(sha)
+    LocalBlobStore().remove(sha)
     with pytest.raises(IntegrityError, match="spr audit"):
         audit.backup(tmp_path / "b.tar")
     assert not (tmp_path / "b.tar").exists()
@@ -207,8 +208,8 @@ def test_restore_refuses_a_damaged_or_hostile_archive(
         audit.restore(bad)
     assert not (home / "catalogue.sqlite").exists()
     assert not (tmp_path / "escaped.txt").exists() and not (home / "escaped.txt").exists()
-    store = BlobStore()
-    for sha, path in store.iter_blobs():  # whatever was installed before the refusal is whole and verified
+    store = LocalBlobStore()
+    for sha, path in store.iter_blob_paths():  # whatever was installed before the refusal is whole and verified
         assert sha256_file(path)[0] == sha
     assert list(store.iter_temp_files()) == []
 
@@ -250,7 +251,7 @@ def test_restore_refuses_a_compressed_or_truncated_backup_in_one_line(
     assert err.startswith("error: ") and expected in err, err
     assert not (home / "catalogue.sqlite").exists()
     assert not list(home.glob("**/*.sqlite")) and not list(home.glob("**/.spr-restore-*"))
-    store = BlobStore()
-    for sha, path in store.iter_blobs():  # whatever was installed before the refusal is whole and verified
+    store = LocalBlobStore()
+    for sha, path in store.iter_blob_paths():  # whatever was installed before the refusal is whole and verified
         assert sha256_file(path)[0] == sha
     assert list(store.iter_temp_files()) == []

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from adapter_files import prompt_config, write_prompt_adapter, write_raw_safetensors
-from registry import catalogue, settings
+from registry import settings
+from registry import catalogue
 from registry.cli.main import run
 
 
@@ -232,7 +233,7 @@ def test_json_errors_are_machine_readable(capsys: pytest.CaptureFixture[str]) ->
         lambda: __import__("registry.refs", fromlist=["x"]).parse_ref("coach@prod\n"),
         lambda: __import__("registry.hub", fromlist=["x"]).parse_repo_spec("team/coach@v1\n"),
         lambda: __import__("registry.hub", fromlist=["x"]).parse_repo_spec("team/coach\n"),
-        lambda: __import__("registry.manifest", fromlist=["x"]).check_relative_path("adapter_config.json\n", "test"),
+        lambda: __import__("registry.adapters.manifest", fromlist=["x"]).check_relative_path("adapter_config.json\n", "test"),
     ],
     ids=["ref", "alias", "repo-revision", "repo-name", "manifest-path"],
 )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from hub_fixtures import HUB_TOKEN
-from registry import basemodel
+from registry.adapters import basemodel
 from registry.errors import InvalidBaseModelError, NotFoundError
 from registry.hubserver import HubServer
 
@@ -354,7 +354,7 @@ def test_remote_read_refuses_a_short_body() -> None:
 
 
 def test_hub_errors_never_carry_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from registry import training
+    from registry.ml import training
     from registry.errors import HubError
 
     token = "hf_SeCrEt0123456789abcdefSECRET"

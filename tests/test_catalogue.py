@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import text
 
 from adapter_files import prompt_config, write_prompt_adapter
-from registry import catalogue, db, errors
+from registry import db, errors
+from registry import catalogue
 from registry.catalogue import PublishOptions, parse_eval
 from registry.digest import sha256_file
-from registry.manifest import digest_of
-from registry.store import BlobStore
+from registry.adapters.manifest import digest_of
+from registry.storage import LocalBlobStore
 
 
 @pytest.fixture
@@ -45,9 +46,9 @@ def test_publish_records_facts_and_stores_files(adapter: Path, tmp_path: Path) -
     assert v.template == "Human: {prompt}\n\nAssistant: "
     assert [s.metric for s in v.eval_scores] == ["eval_loss"]
     assert v.digest == digest_of(v.manifest)
-    store = BlobStore()
+    store = LocalBlobStore()
     for f in v.files:
-        assert sha256_file(store.open(f.sha256))[0] == f.sha256
+        assert sha256_file(store.local_path(f.sha256))[0] == f.sha256
         assert f.sha256 == sha256_file(adapter / f.path)[0]
 
 
@@ -191,7 +192,7 @@ def test_export_verifies_bytes_and_is_atomic(adapter: Path, tmp_path: Path) -> N
     out = catalogue.export("coach@1", tmp_path / "out")
     assert sorted(p.name for p in out.iterdir()) == sorted(f.path for f in v.files)
     weights = next(f for f in v.files if f.path == "adapter_model.safetensors")
-    blob = BlobStore().path(weights.sha256)
+    blob = LocalBlobStore().path(weights.sha256)
     blob.chmod(0o644)
     raw = bytearray(blob.read_bytes())
     raw[-1] ^= 0xFF
@@ -212,7 +213,7 @@ def test_dataset_directory_digest_matches_sha256sum_rule(tmp_path: Path) -> None
     (d / "b.jsonl").write_text('{"text": "b"}\n')
     (d / "a.jsonl").write_text('{"text": "a"}\n{"text": "aa"}\n')
     (d / "sub" / "c.jsonl").write_text('{"text": "c"}\n')
-    from registry.dataset import describe_dataset
+    from registry.adapters.dataset import describe_dataset
 
     info = describe_dataset(d)
     listing = subprocess.run(
@@ -232,7 +233,7 @@ def test_dataset_directory_digest_matches_sha256sum_rule(tmp_path: Path) -> None
     ],
 )
 def test_dataset_formats_and_counts(tmp_path: Path, name: str, fmt: str, content: str, records: int) -> None:
-    from registry.dataset import describe_dataset
+    from registry.adapters.dataset import describe_dataset
 
     path = tmp_path / name
     path.write_text(content)
@@ -244,7 +245,7 @@ def test_dataset_parquet_count(tmp_path: Path) -> None:
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    from registry.dataset import describe_dataset
+    from registry.adapters.dataset import describe_dataset
 
     pq.write_table(pa.table({"text": ["a", "b", "c"]}), tmp_path / "d.parquet")
     assert describe_dataset(tmp_path / "d.parquet").records == 3
@@ -287,7 +288,7 @@ def test_write_raw_header_helper_roundtrip(tmp_path: Path) -> None:
 
     header = json.dumps({"prompt_embeddings": {"dtype": "F32", "shape": [1, 2], "data_offsets": [0, 8]}}).encode()
     write_raw_safetensors(tmp_path / "x.safetensors", header, struct.pack("<2f", 1.0, 2.0))
-    from registry.tensorfile import read_header, read_tensor
+    from registry.adapters.tensorfile import read_header, read_tensor
 
     h = read_header(tmp_path / "x.safetensors")
     assert read_tensor(tmp_path / "x.safetensors", h.tensors["prompt_embeddings"]).tolist() == [[1.0, 2.0]]

@@ -58,7 +58,7 @@ def test_publish_interprets_template_escapes_like_train(tmp_path: Path) -> None:
 
 
 def test_gc_default_grace_matches_the_library() -> None:
-    from registry import audit
+    from registry import ops as audit
     from registry.cli import ops_cmds
 
     assert ops_cmds.DEFAULT_GRACE_SECONDS == audit.DEFAULT_GRACE_SECONDS

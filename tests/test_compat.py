@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from registry import basemodel, compat, toymodels
-from registry.adapter import read_adapter
+from registry.adapters import basemodel
+from registry.adapters import compat
+from registry.demo import toymodels
+from registry.adapters.reader import read_adapter
 from registry.errors import EXIT_INCOMPATIBLE, IncompatibleError
 from registry.types import AdapterFacts, BaseModelInfo, TensorFacts
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from ops_support import WORKER, alias_history_problems, write_small_adapter
 
-from registry import audit, catalogue
+from registry import ops as audit
+from registry import catalogue
 
 TESTS_DIR = str(Path(__file__).parent)
 WRITERS = 4

@@ -28,9 +28,10 @@ import pytest
 from ops_support import alias_history_problems, write_small_adapter
 from registry.cli.main import run
 
-from registry import audit, catalogue
+from registry import ops as audit
+from registry import catalogue
 from registry.digest import sha256_file
-from registry.store import BlobStore
+from registry.storage import LocalBlobStore
 
 TESTS_DIR = str(Path(__file__).parent)
 NAME = "crash/coach"
@@ -159,7 +160,7 @@ def test_sigkill_during_publish_and_alias_moves_leaves_a_consistent_catalogue(
     assert {p["kind"] for p in report["problems"]} <= {"orphan-blob", "temp-file"}
 
     # 2. No partial blob under a real name, referenced or not.
-    for sha, path in BlobStore().iter_blobs():
+    for sha, path in LocalBlobStore().iter_blob_paths():
         assert sha256_file(path)[0] == sha, f"blob {sha} holds partial or wrong bytes {seed_note}"
 
     # 3. Numbers have no gaps; every publish event has its version and vice versa.

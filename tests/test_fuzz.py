@@ -28,7 +28,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ops_support import write_small_adapter
 
-from registry import adapter, manifest, refs, tensorfile
+from registry import refs
+from registry.adapters import reader as adapter
+from registry.adapters import manifest
+from registry.adapters import tensorfile
 from registry.errors import RegistryError
 
 T = TypeVar("T")
@@ -354,8 +357,8 @@ def test_manifest_file_paths_that_pass_validation_are_safe(text: str) -> None:
 def test_publish_refuses_unsafe_names_before_writing_anything(tmp_path: Path, name: str) -> None:
     from registry import catalogue
     from registry.errors import UsageError
-    from registry.store import BlobStore
+    from registry.storage import LocalBlobStore
 
     with pytest.raises(UsageError):
         catalogue.publish(write_small_adapter(tmp_path / "a", 3), name)
-    assert list(BlobStore().iter_blobs()) == []
+    assert list(LocalBlobStore().iter_blob_paths()) == []

@@ -21,7 +21,9 @@ from hub_fixtures import HUB_TOKEN
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
 from ops_support import switch_home
-from registry import catalogue, hub, manifest
+from registry import catalogue
+from registry import hub
+from registry.adapters import manifest
 from registry.errors import (
     AdapterNotFoundError,
     HubError,
@@ -30,7 +32,7 @@ from registry.errors import (
     UsageError,
 )
 from registry.hubserver import HubServer
-from registry.store import BlobStore
+from registry.storage import LocalBlobStore
 from registry.types import BaseModelInfo
 
 REPO = "team/coach"
@@ -147,7 +149,7 @@ def test_push_pull_round_trip_into_an_empty_catalogue(
     assert [(c.repo_id, c.commit_sha) for c in d1.hub_copies] == [(REPO, pushed1.commit_sha)]
     # --to wrote the adapter's own files, byte for byte (PEFT's README included, not the card).
     assert file_bytes(tmp_path / "out-v1") == file_bytes(prompt_tuning_random)
-    store = BlobStore()
+    store = LocalBlobStore()
     assert all(store.has(f.sha256) for f in d1.files + d2.files)
 
 
@@ -334,7 +336,7 @@ def test_damaged_remote_file_is_refused_and_nothing_is_imported(
     assert excinfo.value.exit_code == 5
     with pytest.raises(AdapterNotFoundError):
         catalogue.get_version(REPO)
-    assert list(BlobStore().iter_blobs()) == []
+    assert list(LocalBlobStore().iter_blob_paths()) == []
     assert not (tmp_path / "out").exists()
     # The damaged download was evicted from the HF cache: once the server is repaired, a retry works.
     hub_server.storage.tamper(REPO, "adapter_model.safetensors", original)

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
-from registry import catalogue, loading, toymodels
+from registry import catalogue
+from registry.ml import loading
+from registry.demo import toymodels
 from registry.catalogue import PublishOptions
 from registry.errors import IncompatibleError, NotFoundError, UsageError
-from registry.store import BlobStore
+from registry.storage import LocalBlobStore
 
 PROMPT = "I want you to act as a motivational coach. My first request is:"
 
@@ -28,7 +30,7 @@ def causal_lm(path: Path) -> Any:
 
 
 def greedy(model: Any, base: Path) -> str:
-    """The same greedy decoding as :func:`registry.toymodels.generate`."""
+    """The same greedy decoding as :func:`registry.demo.toymodels.generate`."""
     import torch
     from transformers import AutoTokenizer
 
@@ -89,7 +91,7 @@ def test_override_is_logged(prompt_tuning_random: Path, tiny_bloom: Path, tiny_b
 def test_tampered_blob_is_refused_before_loading(lora: Path, tiny_bloom: Path) -> None:
     ref = publish(lora, "team/lora", tiny_bloom)
     record = next(f for f in catalogue.get_version(ref).files if f.path == "adapter_model.safetensors")
-    blob = BlobStore().path(record.sha256)
+    blob = LocalBlobStore().path(record.sha256)
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0x01  # one bit of one weight
@@ -101,7 +103,7 @@ def test_tampered_blob_is_refused_before_loading(lora: Path, tiny_bloom: Path) -
         loading.load(ref, model)
     # PEFT never touched the model: no LoRA layer was injected.
     assert not any("lora_" in name for name, _ in model.named_parameters())
-    BlobStore().remove(record.sha256)
+    LocalBlobStore().remove(record.sha256)
     missing = loading.verify(ref, tiny_bloom)
     assert [f.code for f in missing.findings] == ["file-missing"]
 
@@ -277,7 +279,7 @@ def test_a_base_with_only_pickled_weights_is_refused_never_unpickled(
 
     import torch
 
-    from registry import training
+    from registry.ml import training
     from registry.cli.main import run
     from registry.errors import InvalidBaseModelError
 

@@ -15,7 +15,9 @@ from hub_fixtures import HUB_TOKEN, HUB_USER
 from huggingface_hub import HfApi
 
 from ops_support import machine_env, switch_home
-from registry import catalogue, hub, lockfile
+from registry import catalogue
+from registry import hub
+from registry.hub import lockfile
 from registry.errors import (
     AdapterNotFoundError,
     HubError,
@@ -23,7 +25,7 @@ from registry.errors import (
     UsageError,
 )
 from registry.hubserver import HubServer
-from registry.store import BlobStore
+from registry.storage import LocalBlobStore
 
 REPO = "team/coach"
 
@@ -183,7 +185,7 @@ def test_changed_byte_is_drift_and_nothing_is_imported(
     # team/coach@1 verified fine, but sync is all or nothing: nothing was imported or written.
     with pytest.raises(AdapterNotFoundError):
         catalogue.get_version(REPO)
-    assert list(BlobStore().iter_blobs()) == [] and not (tmp_path / "srv").exists()
+    assert list(LocalBlobStore().iter_blob_paths()) == [] and not (tmp_path / "srv").exists()
 
 
 def test_missing_commit_and_missing_repo_are_drift(
@@ -262,7 +264,7 @@ def test_sync_checks_every_target_directory_before_importing_anything(
         hub.sync(path, to=tmp_path / "srv")
     with pytest.raises(AdapterNotFoundError):
         catalogue.get_version(REPO)
-    assert list(BlobStore().iter_blobs()) == [] and not (tmp_path / "srv" / "team" / "coach@1").exists()
+    assert list(LocalBlobStore().iter_blob_paths()) == [] and not (tmp_path / "srv" / "team" / "coach@1").exists()
     assert (target / "adapter_config.json").read_text() == "{}"
     target.joinpath("adapter_config.json").unlink()  # an empty directory is fine
     assert [i.ref for i in hub.sync(path, to=tmp_path / "srv").items] == ["team/coach@1", "team/coach@2"]

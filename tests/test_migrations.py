@@ -25,11 +25,13 @@ import pytest
 from ops_support import write_small_adapter
 from sqlalchemy import Connection, inspect, text
 
-from registry import audit, catalogue, db
-from registry import manifest as manifests
-from registry.adapter import read_adapter
+from registry import db
+from registry import ops as audit
+from registry import catalogue
+from registry.adapters import manifest as manifests
+from registry.adapters.reader import read_adapter
 from registry.errors import SchemaError
-from registry.store import BlobStore
+from registry.storage import LocalBlobStore
 from registry.types import FileRecord
 
 TABLES = {"adapter", "alias", "base_model", "dataset", "eval_score", "event", "file", "hub_copy", "version"}
@@ -159,7 +161,7 @@ def seed_0001(conn: Connection, tmp_path: Path) -> dict[str, Any]:
     """A catalogue at 0001_initial: one adapter with a version, files, eval score, alias, hub copy, events."""
     adapter_dir = write_small_adapter(tmp_path / "seeded", 11)
     facts = read_adapter(adapter_dir)
-    store = BlobStore()
+    store = LocalBlobStore()
     files = []
     for f in facts.files:
         sha, size = store.put_file(Path(f.source))

@@ -20,7 +20,9 @@ from registry.cli.main import run
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from registry import audit, catalogue, db
+from registry import db
+from registry import ops as audit
+from registry import catalogue
 from registry.errors import DatabaseError, SchemaError
 
 pytestmark = pytest.mark.postgres_only

@@ -26,7 +26,7 @@ from model_fixtures import (
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from registry import toymodels
+from registry.demo import toymodels
 from registry.errors import InvalidBaseModelError, UsageError
 
 # tiny models never touch the catalogue: run once, in the SQLite half.
@@ -74,7 +74,7 @@ def _next_token_logits(base: Path, adapter: Path | None, text: str = "I want you
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, registry.toymodels; print(sorted(m for m in ('torch','transformers','peft','tokenizers') if m in sys.modules))"
+    code = "import sys, registry.demo.toymodels; print(sorted(m for m in ('torch','transformers','peft','tokenizers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

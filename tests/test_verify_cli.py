@@ -15,7 +15,7 @@ from registry import catalogue
 from registry.catalogue import PublishOptions
 from registry.cli.main import run
 from registry.hubserver import HubServer
-from registry.store import BlobStore
+from registry.storage import LocalBlobStore
 
 HEAVY = ("torch", "transformers", "peft")
 PROBE = """
@@ -72,7 +72,7 @@ def test_ref_override_is_logged(prompt_tuning_random: Path, tiny_bloom: Path, ti
 def test_tampered_blob_exits_3(lora: Path, tiny_bloom: Path, capsys: pytest.CaptureFixture[str]) -> None:
     version = catalogue.publish(lora, "team/lora", options=PublishOptions(base_model=str(tiny_bloom))).version
     record = next(f for f in version.files if f.path == "adapter_config.json")
-    blob = BlobStore().path(record.sha256)
+    blob = LocalBlobStore().path(record.sha256)
     os.chmod(blob, 0o644)
     blob.write_bytes(blob.read_bytes().replace(b'"r": 4', b'"r": 5'))
     assert run(["verify", "team/lora@1", "--base-model", str(tiny_bloom)]) == 3
@@ -113,7 +113,7 @@ def test_spr_verify_never_imports_torch(prompt_tuning_random: Path, lora: Path, 
 
 def test_the_probe_would_see_torch() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, registry.loading as l, torch; print('torch' in sys.modules)"],
+        [sys.executable, "-c", "import sys, registry.ml.loading as l, torch; print('torch' in sys.modules)"],
         capture_output=True, text=True,
     )
     assert proc.stdout.strip() == "True"

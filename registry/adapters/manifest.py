@@ -155,7 +155,7 @@ def _check_sections(doc: dict[str, Any], where: str) -> None:
     number belongs would otherwise fail later, deep in an import, as something other than a
     registry error.
     """
-    from registry.adapter import SUPPORTED_TYPES
+    from registry.adapters.reader import SUPPORTED_TYPES
 
     def bad(what: str) -> InvalidAdapterError:
         return InvalidAdapterError(f"{where}: {what}", hint="the manifest is damaged or was not written by spr")

@@ -45,7 +45,7 @@ from registry.catalogue import verify_event_chain
 from registry.digest import CHUNK, PREFIX, ProgressCallback, sha256_file
 from registry.errors import IntegrityError, NotFoundError, UsageError
 from registry.models import AdapterRow, AliasRow, Base, EventRow, FileRow, VersionRow
-from registry.store import BlobStore
+from registry.storage import BlobStore, open_store
 
 ERROR = "error"
 WARNING = "warning"
@@ -165,7 +165,7 @@ def audit(
     """
     started = time.perf_counter()
     engine = dbmod.get_engine(db)
-    store = BlobStore()
+    store = open_store()
     problems: list[Problem] = []
 
     with dbmod.session_scope(db) as session:
@@ -183,7 +183,7 @@ def audit(
 
     return AuditReport(
         database=dbmod._redact(engine.url.render_as_string(hide_password=False)),
-        blob_root=str(store.root),
+        blob_root=str(store.location),
         versions=nversions,
         files=nfiles,
         blobs=len(referenced),
@@ -380,7 +380,7 @@ def _check_blobs(
 
 
 def _scan_store(store: BlobStore, referenced: dict[str, _BlobRef], problems: list[Problem]) -> None:
-    for name, path in store.iter_blobs():
+    for name, path in store.iter_blob_paths():
         if not _HEX64.fullmatch(name) or path.parent.name != name[:2]:
             problems.append(Problem(WARNING, "stray-file", str(path), "not named like a blob; not used by spr"))
         elif name not in referenced:
@@ -417,7 +417,7 @@ def gc(*, db: str | None = None, dry_run: bool = True, grace_seconds: float = DE
     """
     if grace_seconds < 0:
         raise UsageError(f"the grace period must be 0 or more seconds, found {grace_seconds}")
-    store = BlobStore()
+    store = open_store()
     if dry_run:
         return _gc(store, db, dry_run, grace_seconds)
     with store.collecting():  # no publish is between storing its blobs and committing meanwhile
@@ -427,7 +427,7 @@ def gc(*, db: str | None = None, dry_run: bool = True, grace_seconds: float = DE
 def _gc(store: BlobStore, db: str | None, dry_run: bool, grace_seconds: float) -> GcReport:
     now = time.time()
     listed: list[tuple[str, Path]] = [
-        (name, path) for name, path in store.iter_blobs() if _HEX64.fullmatch(name) and path.parent.name == name[:2]
+        (name, path) for name, path in store.iter_blob_paths() if _HEX64.fullmatch(name) and path.parent.name == name[:2]
     ]
     temps = list(store.iter_temp_files())
     with dbmod.session_scope(db) as session:
@@ -515,7 +515,7 @@ def backup(destination: Path | str, *, db: str | None = None, progress: Progress
     if destination.exists():
         raise UsageError(f"backup destination {destination} already exists", hint="choose a new file name")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    store = BlobStore()
+    store = open_store()
     snapshot_fd, snapshot_name = tempfile.mkstemp(prefix=".spr-backup-", suffix=".sqlite", dir=destination.parent)
     os.close(snapshot_fd)
     snapshot = Path(snapshot_name)
@@ -617,7 +617,7 @@ def _add_blob(tar: tarfile.TarFile, store: BlobStore, sha: str, size: int, progr
         f = open(path, "rb")  # noqa: SIM115 - closed by the "with f" below; only open() errors mean "missing"
     except OSError:
         raise IntegrityError(
-            f"blob sha256:{sha} is referenced by the catalogue but missing from the store {store.root}",
+            f"blob sha256:{sha} is referenced by the catalogue but missing from the store {store.location}",
             hint="run 'spr audit' and repair the store before taking a backup",
         ) from None
     with f:
@@ -717,7 +717,7 @@ def restore(archive: Path | str, *, db: str | None = None, progress: ProgressCal
             hint="restore into a new location (--db sqlite:///NEW.sqlite or another SPR_HOME), "
             "or move the existing catalogue away first",
         )
-    store = BlobStore()
+    store = open_store()
     restored = 0
     present = 0
     seen: set[str] = set()

@@ -5,12 +5,12 @@ Files on the Hub for one version (one commit on ``main``, tagged ``v{N}``):
 - the version's standard PEFT files from the blob store under their recorded paths
   (``adapter_config.json``, ``adapter_model.safetensors``, tokenizer files…), except that a
   ``README.md`` the adapter itself carries is stored as ``spr_original_README.md`` (see
-  :data:`registry.card.RELOCATED_FILES`), because ``README.md`` is the generated model card;
+  :data:`registry.hub.card.RELOCATED_FILES`), because ``README.md`` is the generated model card;
 - ``spr_manifest.json`` beside ``adapter_config.json``: ``{"format", "digest", "manifest",
   "record"}``. ``manifest`` is the canonical manifest (its canonical JSON hashes to ``digest``,
   the version's identity); ``record`` is what the publishing catalogue knew (name, number,
   author, time, description, tags, eval scores, aliases) and is not covered by the digest;
-- ``README.md``: the model card from :mod:`registry.card`.
+- ``README.md``: the model card from :mod:`registry.hub.card`.
 
 Pull resolves a revision to a commit sha, downloads with ``hf_hub_download`` pinned to that sha
 (a cached pinned file makes no HTTP request at all), checks the manifest against its digest and
@@ -45,12 +45,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from registry import catalogue, lockfile, settings
-from registry import manifest as manifests
-from registry.adapter import COMPANION_FILES, CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
-from registry.card import RELOCATED_FILES
-from registry.card import render as render_card
-from registry.dataset import dataset_from_digest
+from registry import settings
+from registry import catalogue
+from registry.hub import lockfile
+from registry.adapters import manifest as manifests
+from registry.adapters.reader import COMPANION_FILES, CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
+from registry.hub.card import RELOCATED_FILES
+from registry.hub.card import render as render_card
+from registry.adapters.dataset import dataset_from_digest
 from registry.digest import (
     PREFIX,
     parse_digest,
@@ -67,7 +69,7 @@ from registry.errors import (
     UsageError,
 )
 from registry.refs import Ref, parse_ref, split_name, validate_name
-from registry.store import BlobStore
+from registry.storage import BlobStore, open_store
 from registry.types import FileRecord, HubCopy, VersionInfo
 
 MANIFEST_FILENAME = "spr_manifest.json"
@@ -745,7 +747,7 @@ def push(
     repo_id = spec.repo_id
     version = catalogue.get_version(ref, db=db)
     _check_pushable(version)
-    store = BlobStore()
+    store = open_store()
     for f in version.files:  # never publish bytes that no longer match the catalogue
         store.verify(f.sha256)
     hub = HubClient(endpoint, need_token=True)
@@ -823,7 +825,7 @@ def _holds_version(tree: dict[str, Any], version: VersionInfo, manifest_bytes: b
     """Whether a commit's tree already is exactly this version: same ``spr_manifest.json`` bytes and
     every file with the same content (LFS sha256, or git blob id for regular files), read from the
     tree listing alone (no download). The card may differ (it is regenerated on every push)."""
-    store = BlobStore()
+    store = open_store()
     def manifest_oid() -> str:
         return _git_blob_sha1_bytes(manifest_bytes)
 
@@ -831,7 +833,7 @@ def _holds_version(tree: dict[str, Any], version: VersionInfo, manifest_bytes: b
         MANIFEST_FILENAME: (len(manifest_bytes), manifest_oid, sha256_bytes(manifest_bytes)),
     }
     for f in version.files:
-        wanted[hub_path(f.path)] = (f.size, _file_oid(store.open(f.sha256), f.size), f.sha256)
+        wanted[hub_path(f.path)] = (f.size, _file_oid(store.local_path(f.sha256), f.size), f.sha256)
     for repo_path, (size, git_oid, sha256) in wanted.items():
         entry = tree.get(repo_path)
         if entry is None or entry.size != size:
@@ -871,9 +873,9 @@ def _commit(
 ) -> str:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    store = BlobStore()
+    store = open_store()
     operations: list[Any] = [
-        CommitOperationAdd(path_in_repo=hub_path(f.path), path_or_fileobj=str(store.open(f.sha256)))
+        CommitOperationAdd(path_in_repo=hub_path(f.path), path_or_fileobj=str(store.local_path(f.sha256)))
         for f in version.files
     ]
     operations.append(CommitOperationAdd(path_in_repo=MANIFEST_FILENAME, path_or_fileobj=manifest_bytes))
@@ -1072,7 +1074,7 @@ def _staging(files: dict[str, Path]) -> Iterator[Path]:
 def _present(name: str, digest: str, db: str | None) -> VersionInfo | None:
     """The version ``name`` holds with ``digest`` when all its blobs are in the store, else None."""
     existing = _find(name, digest, db)
-    store = BlobStore()
+    store = open_store()
     if existing is not None and all(store.has(f.sha256) for f in existing.files):
         return existing
     return None

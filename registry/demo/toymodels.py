@@ -52,8 +52,8 @@ from registry.errors import (
     InvalidBaseModelError,
     UsageError,
 )
-from registry.store import atomic_write_bytes
-from registry.training import quiet
+from registry.storage.local import atomic_write_bytes
+from registry.ml.training import quiet
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -574,7 +574,7 @@ def make_base_model(
         raise UsageError(f"pretrain_steps must be >= 0, got {pretrain_steps}", hint="e.g. pretrain_steps=200")
     if tokenizer_dir is not None and not (Path(tokenizer_dir) / "tokenizer.json").is_file():
         raise UsageError(
-            f"{tokenizer_dir} has no tokenizer.json", hint="make one with registry.toymodels.train_tokenizer"
+            f"{tokenizer_dir} has no tokenizer.json", hint="make one with registry.demo.toymodels.train_tokenizer"
         )
     with _staged_dir(out_dir) as tmp:
         if tokenizer_dir is None:
@@ -638,7 +638,7 @@ def _arch_of(base_dir: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidBaseModelError(
             f"{base_dir} is not a saved transformers model (config.json unreadable: {exc})",
-            hint="build one with registry.toymodels.make_base_model",
+            hint="build one with registry.demo.toymodels.make_base_model",
         ) from exc
     if model_type not in ARCHITECTURES:
         raise InvalidBaseModelError(

@@ -14,7 +14,7 @@ from typing import Any
 
 from registry.digest import parse_json_object
 from registry.errors import InvalidAdapterError
-from registry.tensorfile import count_non_finite, read_header
+from registry.adapters.tensorfile import count_non_finite, read_header
 from registry.types import AdapterFacts, AdapterFileInfo, TensorFacts
 
 CONFIG_NAME = "adapter_config.json"

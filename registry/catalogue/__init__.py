@@ -24,10 +24,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from registry import adapter as adapter_reader
-from registry import manifest as manifests
+from registry.adapters import reader as adapter_reader
+from registry.adapters import manifest as manifests
 from registry import settings
-from registry.dataset import dataset_from_digest, describe_dataset
+from registry.adapters.dataset import dataset_from_digest, describe_dataset
 from registry.db import session_scope, write_with_retry
 from registry.digest import (
     PREFIX,
@@ -59,7 +59,7 @@ from registry.models import (
     VersionRow,
 )
 from registry.refs import Ref, parse_ref, split_name, validate_alias
-from registry.store import BlobStore
+from registry.storage import BlobStore, open_store
 from registry.types import (
     AdapterFacts,
     BaseModelInfo,
@@ -195,7 +195,7 @@ def publish(
     parent_digest = _parent_digest(options, db)
     _check_template(options.template)
     actor = settings.current_actor(options.author)
-    with BlobStore().writing():  # from the first stored blob to the commit: gc keeps out
+    with open_store().writing():  # from the first stored blob to the commit: gc keeps out
         files = _store_files(facts, progress)
         manifest = manifests.build(
             facts,
@@ -241,7 +241,7 @@ def import_manifest(
     same identity as the original. Raises :class:`IntegrityError` on any mismatch, before writing.
     """
     namespace, short = split_name(name)
-    store = BlobStore()
+    store = open_store()
     with store.writing():  # from the first stored blob to the commit: gc keeps out
         return _import_files_and_record(
             store, Path(directory), namespace, short, manifest, db=db, actor=settings.current_actor(author),
@@ -329,7 +329,7 @@ def _check_manifest_describes(directory: Path, manifest: dict[str, Any]) -> None
 
 def _base_model_info(facts: AdapterFacts, options: PublishOptions) -> BaseModelInfo | None:
     # Imported here: identifying a base model reads weights headers (numpy); reads don't need it.
-    from registry import basemodel
+    from registry.adapters import basemodel
 
     if options.base_model_info is not None:
         return options.base_model_info
@@ -367,7 +367,7 @@ def _check_template(template: str | None) -> None:
 
 
 def _store_files(facts: AdapterFacts, progress: ProgressCallback | None) -> list[FileRecord]:
-    store = BlobStore()
+    store = open_store()
     records = []
     for f in facts.files:
         sha, size = store.put_file(Path(f.source), progress)
@@ -379,9 +379,9 @@ def _store_files(facts: AdapterFacts, progress: ProgressCallback | None) -> list
         records.append(FileRecord(path=f.path, sha256=sha, size=size))
     # Re-read the weights header from the stored copy: what is recorded is what was validated.
     weights = next(r for r in records if r.path == adapter_reader.WEIGHTS_NAME)
-    from registry.tensorfile import read_header
+    from registry.adapters.tensorfile import read_header
 
-    stored = read_header(store.open(weights.sha256), where=adapter_reader.WEIGHTS_NAME)
+    stored = read_header(store.local_path(weights.sha256), where=adapter_reader.WEIGHTS_NAME)
     shapes = {n: (t.dtype, t.shape) for n, t in stored.tensors.items()}
     if shapes != {t.name: (t.dtype, t.shape) for t in facts.tensors}:
         raise InvalidAdapterError(
@@ -929,7 +929,7 @@ def export(
             hint="choose a new directory",
         )
     destination.parent.mkdir(parents=True, exist_ok=True)
-    store = BlobStore()
+    store = open_store()
     staging = Path(tempfile.mkdtemp(prefix=".spr-export-", dir=destination.parent))
     try:
         for f in version.files:

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import settings
-from registry.dataset import FORMATS, describe_dataset, read_texts
+from registry.adapters.dataset import FORMATS, describe_dataset, read_texts
 from registry.digest import PREFIX, canonical_json, sha256_bytes
 from registry.errors import (
     DependencyMissingError,
@@ -65,7 +65,7 @@ from registry.errors import (
     InvalidDatasetError,
     UsageError,
 )
-from registry.store import atomic_write_bytes
+from registry.storage.local import atomic_write_bytes
 from registry.types import BaseModelInfo, DatasetInfo, PublishResult, VersionInfo
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -161,7 +161,7 @@ def load_examples(path: Path | str, *, text_column: str | None = None, describe:
 
     Records with ``prompt`` and ``completion`` become prompt/completion examples; otherwise the
     column ``text_column`` (default ``text``) is used. Every value used must be a string. The
-    dataset is digested with :func:`registry.dataset.describe_dataset` (``describe=False`` skips
+    dataset is digested with :func:`registry.adapters.dataset.describe_dataset` (``describe=False`` skips
     that and leaves only the name).
 
     Raises :class:`InvalidDatasetError` for a missing, unreadable or malformed dataset, a missing
@@ -541,7 +541,7 @@ def load_base_model(spec: str, info: BaseModelInfo | None = None) -> tuple[Any, 
         AutoTokenizer,
     )
 
-    from registry import basemodel
+    from registry.adapters import basemodel
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -822,7 +822,8 @@ def _tmp_root() -> Path:
 
 def _plan(config: TrainConfig, *, db: str | None) -> _Plan:
     """Check every input and measure the identities before anything heavy is loaded."""
-    from registry import basemodel, catalogue
+    from registry.adapters import basemodel
+    from registry import catalogue
 
     timings: dict[str, float] = {}
     for label, value, low in (("--epochs", config.epochs, 0), ("--lr", config.lr, 0)):
@@ -956,7 +957,7 @@ def _recorded_local_base(parent: VersionInfo | None) -> str:
 
 def _check_parent_fits(parent: VersionInfo, base_facts: Any, *, allow_different_base: bool, db: str | None) -> None:
     """Refuse a parent that does not fit the base (or whose stored bytes changed), before training."""
-    from registry import loading
+    from registry.ml import loading
 
     report = loading.verify(
         f"{parent.full_name}@{parent.digest}", base_facts, db=db, allow_different_base=allow_different_base,

@@ -60,8 +60,8 @@ from registry.errors import (
     InvalidBaseModelError,
     NotFoundError,
 )
-from registry.store import atomic_write_bytes
-from registry.tensorfile import (
+from registry.storage.local import atomic_write_bytes
+from registry.adapters.tensorfile import (
     ITEMSIZE,
     MAX_HEADER_BYTES,
     SafetensorsHeader,

@@ -35,9 +35,9 @@ from typing import Any
 
 from registry.digest import PREFIX, parse_digest
 from registry.errors import InvalidAdapterError, UsageError
-from registry.manifest import check_relative_path
+from registry.adapters.manifest import check_relative_path
 from registry.refs import split_name, validate_name
-from registry.store import atomic_write_bytes
+from registry.storage.local import atomic_write_bytes
 
 LOCKFILE_VERSION = 1
 MAX_LOCKFILE_BYTES = 20_000_000

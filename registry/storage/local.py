@@ -1,4 +1,4 @@
-"""Content-addressed blob store: ``$SPR_HOME/blobs/sha256/ab/abcdef…``.
+"""The local blob store: a directory, ``$SPR_HOME/blobs/sha256/ab/abcdef…``.
 
 Bytes are streamed into a temporary file in the same folder while hashed, fsynced, and renamed
 into place only when complete, so a crash never leaves a partial blob under a real name.
@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from registry import settings
 from registry.digest import CHUNK, ProgressCallback, sha256_file
@@ -25,21 +25,38 @@ except ImportError:  # Windows: no flock; gc then relies on its grace period alo
     fcntl = None  # type: ignore[assignment]
 from registry.errors import DigestMismatchError, IntegrityError, NotFoundError
 
+if TYPE_CHECKING:
+    from registry.storage import BlobStat
+
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".gc.lock"
 
 
-class BlobStore:
-    """A folder of immutable blobs named by their sha256."""
+class LocalBlobStore:
+    """A folder of immutable blobs named by their sha256 (implements :class:`registry.storage.BlobStore`)."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root if root is not None else settings.blobs_dir()
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
     def path(self, sha256: str) -> Path:
+        """Where the blob lives or would live (local stores only)."""
         return self.root / "sha256" / sha256[:2] / sha256
 
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    def stat(self, sha256: str) -> BlobStat | None:
+        from registry.storage import BlobStat
+
+        try:
+            st = self.path(sha256).stat()
+        except OSError:
+            return None
+        return BlobStat(sha256, st.st_size, st.st_mtime)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -179,7 +196,12 @@ class BlobStore:
         os.replace(tmp, final)
         _fsync_dir(final.parent)
 
-    def open(self, sha256: str) -> Path:
+    @contextmanager
+    def open_read(self, sha256: str) -> Iterator[BinaryIO]:
+        with open(self.local_path(sha256), "rb") as fh:
+            yield fh
+
+    def local_path(self, sha256: str) -> Path:
         """The path of an existing blob; raise :class:`NotFoundError` if it is missing."""
         p = self.path(sha256)
         if not p.is_file():
@@ -192,7 +214,7 @@ class BlobStore:
 
     def verify(self, sha256: str, progress: ProgressCallback | None = None) -> None:
         """Re-hash a blob; raise :class:`DigestMismatchError` when its bytes changed."""
-        actual, _ = sha256_file(self.open(sha256), progress)
+        actual, _ = sha256_file(self.local_path(sha256), progress)
         if actual != sha256:
             raise DigestMismatchError(
                 f"blob sha256:{sha256} was changed on disk (its bytes now hash to sha256:{actual})",
@@ -203,7 +225,7 @@ class BlobStore:
 
     def export(self, sha256: str, destination: Path, progress: ProgressCallback | None = None) -> None:
         """Copy a blob to ``destination`` atomically, verifying its sha256 on the way out."""
-        source = self.open(sha256)
+        source = self.local_path(sha256)
         destination.parent.mkdir(parents=True, exist_ok=True)
         with open(source, "rb", buffering=0) as src:
             tmp, digest, _ = _hashing_copy(src, destination.parent, progress)
@@ -223,8 +245,8 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
             raise
 
-    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
-        """Every complete blob as ``(sha256, path)``; temp files are skipped."""
+    def iter_blob_paths(self) -> Iterator[tuple[str, Path]]:
+        """Every complete blob as ``(file name, path)``; temp files are skipped (local stores only)."""
         base = self.root / "sha256"
         if not base.is_dir():
             return
@@ -235,13 +257,41 @@ class BlobStore:
                 if not blob.name.startswith(TMP_PREFIX):
                     yield blob.name, blob
 
+    def iter_blobs(self) -> Iterator[BlobStat]:
+        from registry.storage import BlobStat
+
+        for name, path in self.iter_blob_paths():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            yield BlobStat(name, st.st_size, st.st_mtime)
+
     def iter_temp_files(self) -> Iterator[Path]:
-        """Leftovers of interrupted writes."""
+        """Leftovers of interrupted writes (local stores only)."""
         base = self.root / "sha256"
         if not base.is_dir():
             return
         for p in base.rglob(f"{TMP_PREFIX}*"):
             yield p
+
+    def iter_incomplete(self) -> Iterator[BlobStat]:
+        from registry.storage import BlobStat
+
+        base = self.root / "sha256"
+        for p in self.iter_temp_files():
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            yield BlobStat(str(p.relative_to(base)), st.st_size, st.st_mtime)
+
+    def remove_incomplete(self, key: str) -> None:
+        base = (self.root / "sha256").resolve()
+        target = (base / key).resolve()
+        if target.parent != base and target.parent.parent != base or not target.name.startswith(TMP_PREFIX):
+            return  # not a leftover of ours: never delete outside the store
+        target.unlink(missing_ok=True)
 
     def remove(self, sha256: str) -> None:
         p = self.path(sha256)

@@ -2,7 +2,7 @@
 
 :func:`verify` is the check ``spr verify`` runs: it never imports torch, reads no weights beyond
 the safetensors headers and a sampled slice of the base's input embeddings, re-hashes every stored
-file of a catalogued version, and returns a :class:`~registry.compat.CompatReport`.
+file of a catalogued version, and returns a :class:`~registry.adapters.compat.CompatReport`.
 
 :func:`load` and :func:`load_many` verify first (refusing with :class:`IncompatibleError`), export
 the verified bytes to a temporary directory, load them with ``PeftModel.from_pretrained(...,
@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from registry import basemodel, compat
-from registry.basemodel import BaseModelFacts
-from registry.compat import CompatReport, finding
+from registry.adapters import basemodel
+from registry.adapters import compat
+from registry.adapters.basemodel import BaseModelFacts
+from registry.adapters.compat import CompatReport, finding
 from registry.errors import (
     DigestMismatchError,
     IncompatibleError,
@@ -66,7 +67,7 @@ def resolve_adapter(target: str | os.PathLike[str], *, db: str | None = None) ->
     directory and :class:`NotFoundError` subclasses for an unknown reference.
     """
     if is_adapter_directory(target):
-        from registry.adapter import read_adapter
+        from registry.adapters.reader import read_adapter
 
         directory = Path(target).expanduser().resolve()
         facts = read_adapter(directory, check_values=False)
@@ -81,7 +82,7 @@ def resolve_adapter(target: str | os.PathLike[str], *, db: str | None = None) ->
             hint="pass the folder that PEFT's save_pretrained() wrote, or a catalogue reference such as team/coach@prod",
         )
     from registry import catalogue
-    from registry.manifest import facts_from_manifest
+    from registry.adapters.manifest import facts_from_manifest
 
     version = catalogue.get_version(str(target), db=db)
     facts = facts_from_manifest(version.manifest)
@@ -188,9 +189,9 @@ def _verify_subject(
 
 def check_files(files: Sequence[FileRecord]) -> list[compat.Finding]:
     """Re-hash every blob of a version; one finding per changed or missing file."""
-    from registry.store import BlobStore
+    from registry.storage import BlobStore, open_store
 
-    store = BlobStore()
+    store = open_store()
     out: list[compat.Finding] = []
     for f in files:
         try:
@@ -234,7 +235,7 @@ def _status_findings(version: VersionInfo) -> list[compat.Finding]:
 
 
 def _non_finite_findings(directory: Path) -> list[compat.Finding]:
-    from registry.tensorfile import count_non_finite, read_header
+    from registry.adapters.tensorfile import count_non_finite, read_header
 
     weights = directory / WEIGHTS
     header = read_header(weights)
@@ -285,7 +286,7 @@ def _load_base(spec: str | os.PathLike[str], report: CompatReport, task_type: st
     cls = getattr(transformers, _AUTO_CLASS.get(task_type or "", "AutoModel"))
     path = Path(os.fspath(spec)).expanduser()
     if path.is_dir():
-        from registry import basemodel
+        from registry.adapters import basemodel
 
         basemodel.require_safetensors(path)  # a pickled checkpoint is refused, never unpickled
         return cls.from_pretrained(str(path), use_safetensors=True)
@@ -309,10 +310,10 @@ def _materialise(subject: AdapterSubject, into: Path) -> Path:
     if subject.version is None:
         assert subject.directory is not None
         return subject.directory
-    from registry.manifest import check_relative_path
-    from registry.store import BlobStore
+    from registry.adapters.manifest import check_relative_path
+    from registry.storage import BlobStore, open_store
 
-    store = BlobStore()
+    store = open_store()
     for f in subject.version.files:
         # export() re-hashes on the way out, so bytes changed since verify() are refused too.
         store.export(f.sha256, into / check_relative_path(f.path, "catalogue"))

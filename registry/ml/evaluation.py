@@ -1,7 +1,7 @@
 """Evaluating and generating with a published soft prompt: a verified load, then scores or text.
 
 :func:`evaluate` (``spr eval``) verifies the version against a base model and loads it with
-:func:`registry.loading.load`, scores a dataset and records each score in the catalogue with the
+:func:`registry.ml.loading.load`, scores a dataset and records each score in the catalogue with the
 dataset's digest, the split and who ran it. :func:`generate` (``spr generate``) does the same load
 and a greedy generation, optionally next to the bare base model's output, as the tutorials compare
 by hand. Both apply the input template recorded with the version.
@@ -9,7 +9,7 @@ by hand. Both apply the input template recorded with the version.
 Metrics (recorded names in brackets):
 
 - ``loss`` [``eval_loss``]: mean cross-entropy per target token, in nats, computed exactly as in
-  training (:func:`registry.training.mean_token_loss`): on the whole text of a text record, on the
+  training (:func:`registry.ml.training.mean_token_loss`): on the whole text of a text record, on the
   completion only of a prompt/completion record.
 - ``perplexity`` [``perplexity``]: ``exp(eval_loss)``.
 - ``exact-match`` [``exact_match``]: the share of prompt/completion records whose greedy
@@ -149,14 +149,16 @@ def load_adapter(
     device: str = "auto",
     actor: str | None = None,
 ) -> LoadedAdapter:
-    """Resolve ``ref``, verify it against the base model and load it (:func:`registry.loading.load`).
+    """Resolve ``ref``, verify it against the base model and load it (:func:`registry.ml.loading.load`).
 
     ``base_model`` defaults as in :func:`resolve_base_model`. The version is pinned by digest
     before loading, so an alias moved meanwhile cannot swap what is loaded. Raises
     :class:`IncompatibleError` when verification refuses the pair, the errors of
     :func:`registry.catalogue.get_version` for an unknown ref, and :class:`UsageError`.
     """
-    from registry import catalogue, loading, training
+    from registry import catalogue
+    from registry.ml import loading
+    from registry.ml import training
 
     training._require_ml()
     version = catalogue.get_version(ref, db=db)
@@ -214,7 +216,8 @@ def evaluate(
     Raises :class:`UsageError` for an unknown metric or a generation metric on text-only data,
     :class:`InvalidDatasetError` for unusable data, and what :func:`load_adapter` raises.
     """
-    from registry import catalogue, training
+    from registry import catalogue
+    from registry.ml import training
 
     data = training.load_examples(Path(dataset), text_column=text_column)
     chosen = list(dict.fromkeys(metrics)) if metrics else (
@@ -304,7 +307,7 @@ def generate(
     adapter disabled on the same loaded copy). ``repetition_penalty`` defaults to the tutorials'
     1.5. Raises :class:`UsageError` for ``max_new_tokens < 1`` and what :func:`load_adapter` raises.
     """
-    from registry import training
+    from registry.ml import training
 
     if max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")

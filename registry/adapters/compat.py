@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from registry.basemodel import BaseModelFacts
+from registry.adapters.basemodel import BaseModelFacts
 from registry.errors import IncompatibleError
 from registry.types import AdapterFacts, BaseModelInfo
 
