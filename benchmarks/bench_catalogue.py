@@ -36,8 +36,7 @@ def fill(home: Path, versions: int, chain: int = 50) -> None:
     os.environ["SPR_HOME"] = str(home)
     from sqlalchemy import insert
 
-    from registry import db
-    from registry import catalogue
+    from registry import catalogue, db
     from registry.models import AdapterRow, BaseModelRow, DatasetRow, EventRow, FileRow, VersionRow
 
     engine = db.get_engine()
@@ -130,8 +129,7 @@ def bench_processes(home: Path, runs: int) -> dict[str, float]:
 
 def bench_in_process(home: Path, runs: int) -> dict[str, float]:
     os.environ["SPR_HOME"] = str(home)
-    from registry import db
-    from registry import catalogue
+    from registry import catalogue, db
 
     db.dispose_all()
     catalogue.get_version("team/adapter-1@1")  # open the engine, check the schema once

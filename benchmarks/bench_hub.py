@@ -164,8 +164,7 @@ def main() -> None:
     os.environ["SPR_HOME"] = str(publisher)
     os.environ["HF_HOME"] = str(work / "hf-publisher")
     os.environ["HF_TOKEN"] = TOKEN
-    from registry import catalogue
-    from registry import hub
+    from registry import catalogue, hub
     from registry.hubserver import HubServer
 
     server = HubServer(work / "hub-root", tokens=[f"{TOKEN} bench"], lfs_mode="auto").start()

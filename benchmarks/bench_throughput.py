@@ -86,7 +86,7 @@ def postgres_database(admin: str) -> tuple[str, str] | None:
         import psycopg
 
         conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         print(f"PostgreSQL skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
     name = f"spr_bench_{os.getpid()}_{int(time.time() * 1000) % 10**6}"
@@ -143,8 +143,8 @@ def run_audit(args: argparse.Namespace, root: Path) -> dict[str, object]:
     home = root / "audit-home"
     os.environ["SPR_HOME"] = str(home)
     os.environ.pop("SPR_DATABASE_URL", None)
-    from registry import ops as audit
     from registry import catalogue
+    from registry import ops as audit
 
     per_blob_mib = 64
     count = max(1, args.audit_mib // per_blob_mib)

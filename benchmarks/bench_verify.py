@@ -37,8 +37,6 @@ from typing import Any
 from bloom_base import SHAPE, build_bloom_base, log
 
 
-
-
 def proc_io() -> dict[str, int]:
     out = {}
     for line in Path("/proc/self/io").read_text().splitlines():

@@ -201,8 +201,8 @@ def _two_tasks_one_base(tour: Tour, base: Path) -> None:
     """The classic notebook setup, made safe: two verified soft prompts on one copy of the base."""
     import torch
 
-    from registry.ml import loading
     from registry.demo import toymodels
+    from registry.ml import loading
 
     tour.say("two verified soft prompts on one copy of the base (loading.load_many, then set_adapter):")
     model = loading.load_many(["team/coach@2", "team/quotes@1"], str(base))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 
 ENDPOINT_HELP = "Hub endpoint (default: $HF_ENDPOINT, else https://huggingface.co)."

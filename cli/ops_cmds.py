@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.output import hashing_progress
-
 from registry.errors import EXIT_INTEGRITY
 
 # Mirrors registry.ops.DEFAULT_GRACE_SECONDS (a test keeps them equal): the CLI imports the
@@ -80,7 +80,7 @@ def _referenced_bytes_hint(app: AppContext) -> int:
     # only on a terminal, so scripts do not pay for the scan.
     import sys
 
-    from registry.storage import BlobStore, open_store
+    from registry.storage import open_store
 
     if not sys.stderr.isatty():
         return 0

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.catalogue_cmds import eval_
 from registry.cli.output import stderr, unescape
@@ -116,8 +117,8 @@ def train(
     training and publishes nothing (exit 130).
     """
     from registry import catalogue
-    from registry.ml import training
     from registry.errors import UsageError
+    from registry.ml import training
 
     if publish and not name:
         raise UsageError("--name is required to publish", hint="pass --name team/coach, or --no-publish --output DIR")

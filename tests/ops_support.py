@@ -145,7 +145,7 @@ class PostgresServer:
         try:
             with psycopg.connect(dsn or postgres_admin_dsn(), connect_timeout=3) as conn:
                 conn.execute("SELECT 1")
-        except Exception as exc:  # noqa: BLE001 - any failure means "no server for this run"
+        except Exception as exc:
             return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         return None
 

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 from ops_support import write_small_adapter
-from registry.cli.main import run
 from sqlalchemy import text
 
-from registry import db
+from registry import catalogue, db
 from registry import ops as audit
-from registry import catalogue
+from registry.cli.main import run
 from registry.errors import EXIT_INTEGRITY
 from registry.storage.local import TMP_PREFIX, LocalBlobStore
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from ops_support import WORKER, alias_history_problems, switch_home, write_small_adapter
-from registry.cli.main import run
 
-from registry import ops as audit
 from registry import catalogue
+from registry import ops as audit
+from registry.cli.main import run
 from registry.digest import sha256_file
 from registry.errors import IntegrityError, NotFoundError, UsageError
 from registry.storage import LocalBlobStore

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from adapter_files import prompt_config, write_prompt_adapter, write_raw_safetensors
-from registry import settings
-from registry import catalogue
+
+from registry import catalogue, settings
 from registry.cli.main import run
 
 
@@ -23,7 +22,7 @@ def _state() -> tuple[int, list[str]]:
     files = sorted(str(p.relative_to(blobs)) for p in blobs.rglob("*") if p.is_file()) if blobs.exists() else []
     try:
         count = len(catalogue.list_versions(include_inactive=True, limit=None))
-    except Exception:  # noqa: BLE001 - no catalogue yet
+    except Exception:
         count = 0
     return count, files
 

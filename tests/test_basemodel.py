@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from hub_fixtures import HUB_TOKEN
+
 from registry.adapters import basemodel
 from registry.errors import InvalidBaseModelError, NotFoundError
 from registry.hubserver import HubServer
@@ -354,8 +354,8 @@ def test_remote_read_refuses_a_short_body() -> None:
 
 
 def test_hub_errors_never_carry_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from registry.ml import training
     from registry.errors import HubError
+    from registry.ml import training
 
     token = "hf_SeCrEt0123456789abcdefSECRET"
     monkeypatch.setenv("HF_TOKEN", token)

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from adapter_files import prompt_config, write_prompt_adapter
 from sqlalchemy import text
 
-from adapter_files import prompt_config, write_prompt_adapter
-from registry import db, errors
-from registry import catalogue
+from registry import catalogue, db, errors
+from registry.adapters.manifest import digest_of
 from registry.catalogue import PublishOptions, parse_eval
 from registry.digest import sha256_file
-from registry.adapters.manifest import digest_of
 from registry.storage import LocalBlobStore
 
 
@@ -162,9 +161,8 @@ def test_no_api_edits_a_published_version(adapter: Path) -> None:
         "UPDATE event SET actor = 'mallory' WHERE id = 1",
         "DELETE FROM event",
     ):
-        with pytest.raises(Exception, match="immutable|append-only"):
-            with engine.begin() as conn:
-                conn.execute(text(statement))
+        with pytest.raises(Exception, match="immutable|append-only"), engine.begin() as conn:
+            conn.execute(text(statement))
     assert catalogue.get_version("coach@1") == catalogue.get_version("coach@1")
     assert catalogue.get_version("coach@1").digest == v.digest
     public = {name for name in dir(catalogue) if not name.startswith("_")}

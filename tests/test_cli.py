@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 import pytest
-
 from adapter_files import write_prompt_adapter
+
 from registry import catalogue
 from registry.cli.main import cli, run
 

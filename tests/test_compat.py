@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.adapters import basemodel
-from registry.adapters import compat
-from registry.demo import toymodels
+from registry.adapters import basemodel, compat
 from registry.adapters.reader import read_adapter
+from registry.demo import toymodels
 from registry.errors import EXIT_INCOMPATIBLE, IncompatibleError
 from registry.types import AdapterFacts, BaseModelInfo, TensorFacts
 

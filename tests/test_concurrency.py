@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from ops_support import WORKER, alias_history_problems, write_small_adapter
 
-from registry import ops as audit
 from registry import catalogue
+from registry import ops as audit
 
 TESTS_DIR = str(Path(__file__).parent)
 WRITERS = 4
@@ -102,7 +102,7 @@ def test_identical_content_published_concurrently_is_one_version(tmp_path: Path)
     def publish() -> None:
         try:
             results.append(catalogue.publish(adapter, "same/one"))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=publish) for _ in range(4)]
@@ -128,7 +128,7 @@ def test_concurrent_alias_moves_keep_history_consistent(tmp_path: Path) -> None:
         try:
             for i in range(15):
                 catalogue.set_alias(f"{name}@{(i + offset) % 6 + 1}", "prod")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=mover, args=(k,)) for k in range(4)]

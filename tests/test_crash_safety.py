@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 from ops_support import alias_history_problems, write_small_adapter
-from registry.cli.main import run
 
-from registry import ops as audit
 from registry import catalogue
+from registry import ops as audit
+from registry.cli.main import run
 from registry.digest import sha256_file
 from registry.storage import LocalBlobStore
 

@@ -9,16 +9,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_support import spr, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from cli_support import spr, write_jsonl
 
 from registry import catalogue
-from registry.ml import evaluation
 from registry.demo import toymodels
-from registry.ml import training
 from registry.digest import PREFIX, sha256_file
 from registry.errors import EXIT_INCOMPATIBLE, EXIT_USAGE
+from registry.ml import evaluation, training
 
 TEMPLATE = "Human: {prompt}\n\nAssistant: "
 

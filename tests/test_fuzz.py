@@ -29,9 +29,8 @@ from hypothesis import strategies as st
 from ops_support import write_small_adapter
 
 from registry import refs
+from registry.adapters import manifest, tensorfile
 from registry.adapters import reader as adapter
-from registry.adapters import manifest
-from registry.adapters import tensorfile
 from registry.errors import RegistryError
 
 T = TypeVar("T")

@@ -19,9 +19,9 @@ from hub_fixtures import HUB_TOKEN
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from ops_support import home_env, switch_home
+
 from registry.cli import main as _main  # noqa: F401  (registers every command on the group)
 from registry.cli.app import run
-
 from registry.hubserver import HubServer
 
 REPO = "team/coach"

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 from hub_fixtures import HUB_TOKEN
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
-
 from ops_support import switch_home
-from registry import catalogue
-from registry import hub
+
+from registry import catalogue, hub
 from registry.adapters import manifest
 from registry.errors import (
     AdapterNotFoundError,
@@ -626,12 +625,10 @@ def test_client_errors_never_carry_the_token(hub_server: HubServer, token: str) 
     assert client._token == token
     request = httpx2.Request("GET", f"{hub_server.url}/api/models/{REPO}")
     echoed = httpx2.Response(500, request=request, json={"error": "x" * 195 + token + " was sent"})
-    with pytest.raises(HubError) as excinfo:
-        with client.call("reading", REPO):
-            hf_raise_for_status(echoed)
+    with pytest.raises(HubError) as excinfo, client.call("reading", REPO):
+        hf_raise_for_status(echoed)
     text = f"{excinfo.value} {excinfo.value.hint} {excinfo.value.fields}"
     assert token[:5] not in text and "answered 500" in text
-    with pytest.raises(HubError) as unexpected:
-        with client.call("reading", REPO):
-            raise RuntimeError(f"header Authorization: Bearer {token}")
+    with pytest.raises(HubError) as unexpected, client.call("reading", REPO):
+        raise RuntimeError(f"header Authorization: Bearer {token}")
     assert token not in str(unexpected.value) and "<token>" in str(unexpected.value)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from registry import catalogue
-from registry.ml import loading
-from registry.demo import toymodels
 from registry.catalogue import PublishOptions
+from registry.demo import toymodels
 from registry.errors import IncompatibleError, NotFoundError, UsageError
+from registry.ml import loading
 from registry.storage import LocalBlobStore
 
 PROMPT = "I want you to act as a motivational coach. My first request is:"
@@ -248,9 +248,8 @@ def test_adapter_names_are_peft_safe() -> None:
 
 def test_load_with_a_hub_base(prompt_tuning_random: Path, tiny_bloom: Path, hub_server: Any) -> None:
     """A base named REPO@REV is identified by range requests, then fetched at the pinned commit to load."""
-    from huggingface_hub import HfApi
-
     from hub_fixtures import HUB_TOKEN
+    from huggingface_hub import HfApi
 
     api = HfApi(endpoint=hub_server.url, token=HUB_TOKEN)
     api.create_repo("tester/tiny-bloom")
@@ -279,9 +278,9 @@ def test_a_base_with_only_pickled_weights_is_refused_never_unpickled(
 
     import torch
 
-    from registry.ml import training
     from registry.cli.main import run
     from registry.errors import InvalidBaseModelError
+    from registry.ml import training
 
     # The tiny base as a legacy checkpoint: config, tokenizer and pytorch_model.bin, no safetensors.
     # (transformers 5 always saves safetensors, so the .bin is written with torch.save, as old releases did.)

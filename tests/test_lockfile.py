@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 from hub_fixtures import HUB_TOKEN, HUB_USER
 from huggingface_hub import HfApi
-
 from ops_support import machine_env, switch_home
-from registry import catalogue
-from registry import hub
-from registry.hub import lockfile
+
+from registry import catalogue, hub
 from registry.errors import (
     AdapterNotFoundError,
     HubError,
     LockfileDriftError,
     UsageError,
 )
+from registry.hub import lockfile
 from registry.hubserver import HubServer
 from registry.storage import LocalBlobStore
 

@@ -25,9 +25,8 @@ import pytest
 from ops_support import write_small_adapter
 from sqlalchemy import Connection, inspect, text
 
-from registry import db
+from registry import catalogue, db
 from registry import ops as audit
-from registry import catalogue
 from registry.adapters import manifest as manifests
 from registry.adapters.reader import read_adapter
 from registry.errors import SchemaError

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from adapter_files import write_prompt_adapter
 
 HEAVY = ("torch", "transformers", "peft")

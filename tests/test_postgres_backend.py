@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 from ops_support import write_small_adapter
-from registry.cli.main import run
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from registry import db
+from registry import catalogue, db
 from registry import ops as audit
-from registry import catalogue
+from registry.cli.main import run
 from registry.errors import DatabaseError, SchemaError
 
 pytestmark = pytest.mark.postgres_only

@@ -21,15 +21,13 @@ from typing import Any
 import pytest
 from cli_support import spr, write_jsonl
 
-from registry.adapters import basemodel
 from registry import catalogue
-from registry.demo import toymodels
-from registry.ml import training
+from registry.adapters import basemodel
 from registry.adapters.dataset import describe_dataset
+from registry.demo import toymodels
 from registry.digest import PREFIX, canonical_json, sha256_bytes, sha256_file
 from registry.errors import EXIT_INTERRUPTED, EXIT_USAGE
-
-
+from registry.ml import training
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hub_fixtures import HUB_TOKEN
+
 from registry import catalogue
 from registry.catalogue import PublishOptions
 from registry.cli.main import run

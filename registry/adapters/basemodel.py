@@ -47,6 +47,14 @@ if TYPE_CHECKING:
     import numpy as np
 
 from registry import settings
+from registry.adapters.tensorfile import (
+    ITEMSIZE,
+    MAX_HEADER_BYTES,
+    SafetensorsHeader,
+    TensorInfo,
+    parse_header_bytes,
+    read_header,
+)
 from registry.digest import (
     PREFIX,
     canonical_json,
@@ -61,14 +69,6 @@ from registry.errors import (
     NotFoundError,
 )
 from registry.storage.local import atomic_write_bytes
-from registry.adapters.tensorfile import (
-    ITEMSIZE,
-    MAX_HEADER_BYTES,
-    SafetensorsHeader,
-    TensorInfo,
-    parse_header_bytes,
-    read_header,
-)
 from registry.types import AdapterFacts, BaseModelInfo
 
 MAX_CONFIG_BYTES = 5_000_000
@@ -176,7 +176,7 @@ def parse_repo_spec(spec: str) -> tuple[str, str | None]:
     """Split ``REPO[@REV]``; raise :class:`InvalidBaseModelError` when it is not a repo id."""
     name, _, revision = spec.partition("@")
     if not _REPO_ID.match(name) or ".." in name or (revision and not re.fullmatch(r"[A-Za-z0-9._/-]{1,200}", revision)):
-        looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec and not _REPO_ID.match(name)
+        looks_like_path = spec.startswith((".", "/", "~")) or (os.sep in spec and not _REPO_ID.match(name))
         raise InvalidBaseModelError(
             f"base model {spec!r} is neither a local directory nor a Hub repo id 'ns/name[@revision]'"
             + (" (no such directory)" if looks_like_path else ""),
@@ -951,20 +951,20 @@ class _RemoteFiles:
 
 __all__: Sequence[str] = (
     "BaseModelFacts",
+    "config_facts",
+    "embedding_fingerprint",
+    "find_embedding",
+    "fingerprint_of_rows",
+    "from_adapter",
+    "from_directory",
+    "from_hub",
+    "from_model",
     "identify",
     "inspect",
     "inspect_directory",
-    "from_directory",
-    "from_hub",
-    "from_adapter",
-    "from_model",
-    "config_facts",
-    "read_config",
-    "find_embedding",
-    "sample_row_indices",
-    "fingerprint_of_rows",
-    "embedding_fingerprint",
-    "tokenizer_digest_of",
     "parse_repo_spec",
+    "read_config",
     "require_safetensors",
+    "sample_row_indices",
+    "tokenizer_digest_of",
 )

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from registry.adapters.tensorfile import count_non_finite, read_header
 from registry.digest import parse_json_object
 from registry.errors import InvalidAdapterError
-from registry.adapters.tensorfile import count_non_finite, read_header
 from registry.types import AdapterFacts, AdapterFileInfo, TensorFacts
 
 CONFIG_NAME = "adapter_config.json"

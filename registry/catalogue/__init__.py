@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from registry.adapters import reader as adapter_reader
-from registry.adapters import manifest as manifests
 from registry import settings
+from registry.adapters import manifest as manifests
+from registry.adapters import reader as adapter_reader
 from registry.adapters.dataset import dataset_from_digest, describe_dataset
 from registry.db import session_scope, write_with_retry
 from registry.digest import (

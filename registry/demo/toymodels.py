@@ -52,35 +52,35 @@ from registry.errors import (
     InvalidBaseModelError,
     UsageError,
 )
-from registry.storage.local import atomic_write_bytes
 from registry.ml.training import quiet
+from registry.storage.local import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 __all__ = [
     "ARCHITECTURES",
-    "PEFT_TYPES",
-    "COACH_PROMPTS",
-    "QUOTES",
     "COACH_DIALOGUES",
     "COACH_HELDOUT",
-    "QUOTES_HELDOUT",
+    "COACH_PROMPTS",
     "DEMO_SENTENCES",
+    "PEFT_TYPES",
     "PRETRAIN_SENTENCES",
+    "QUOTES",
+    "QUOTES_HELDOUT",
     "SPECIAL_TOKENS",
     "TEXT_INIT_PROMPT",
     "Example",
     "coach_split",
-    "quotes_split",
-    "write_demo_datasets",
-    "train_tokenizer",
-    "load_tokenizer",
-    "load_model",
-    "make_base_model",
-    "make_adapter",
     "eval_loss",
     "generate",
+    "load_model",
+    "load_tokenizer",
+    "make_adapter",
+    "make_base_model",
+    "quotes_split",
+    "train_tokenizer",
+    "write_demo_datasets",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -790,7 +790,7 @@ def _encode_examples(
 
 def _batch(
     items: Sequence[tuple[list[int], list[int]]], pad_id: int, *, seq2seq: bool
-) -> dict[str, "torch.Tensor"]:
+) -> dict[str, torch.Tensor]:
     """Right-pad a batch into tensors (pad positions: attention 0, label -100)."""
     import torch
 

@@ -45,14 +45,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from registry import settings
-from registry import catalogue
-from registry.hub import lockfile
+from registry import catalogue, settings
 from registry.adapters import manifest as manifests
-from registry.adapters.reader import COMPANION_FILES, CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
-from registry.hub.card import RELOCATED_FILES
-from registry.hub.card import render as render_card
 from registry.adapters.dataset import dataset_from_digest
+from registry.adapters.reader import COMPANION_FILES, CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
 from registry.digest import (
     PREFIX,
     parse_digest,
@@ -68,6 +64,9 @@ from registry.errors import (
     RegistryError,
     UsageError,
 )
+from registry.hub import lockfile
+from registry.hub.card import RELOCATED_FILES
+from registry.hub.card import render as render_card
 from registry.refs import Ref, parse_ref, split_name, validate_name
 from registry.storage import BlobStore, open_store
 from registry.types import FileRecord, HubCopy, VersionInfo
@@ -419,7 +418,7 @@ class HubClient:
             yield
         except RegistryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - mapped below, re-raised when unknown
+        except Exception as exc:
             raise self._translate(exc, what, repo_id, revision) from None
 
     def _translate(self, exc: Exception, what: str, repo_id: str, revision: str | None) -> Exception:

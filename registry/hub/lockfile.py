@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry.adapters.manifest import check_relative_path
 from registry.digest import PREFIX, parse_digest
 from registry.errors import InvalidAdapterError, UsageError
-from registry.adapters.manifest import check_relative_path
 from registry.refs import split_name, validate_name
 from registry.storage.local import atomic_write_bytes
 

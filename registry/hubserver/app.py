@@ -695,4 +695,4 @@ def _header_safe(message: str) -> str:
     return flat.encode("ascii", "backslashreplace").decode("ascii")
 
 
-__all__ = ["HubApp", "LfsMode", "LFS_MODES", "Route", "error_response", "parse_range", "repo_url"]
+__all__ = ["LFS_MODES", "HubApp", "LfsMode", "Route", "error_response", "parse_range", "repo_url"]

@@ -157,8 +157,7 @@ def load_adapter(
     :func:`registry.catalogue.get_version` for an unknown ref, and :class:`UsageError`.
     """
     from registry import catalogue
-    from registry.ml import loading
-    from registry.ml import training
+    from registry.ml import loading, training
 
     training._require_ml()
     version = catalogue.get_version(ref, db=db)

@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.adapters import basemodel
-from registry.adapters import compat
+from registry.adapters import basemodel, compat
 from registry.adapters.basemodel import BaseModelFacts
 from registry.adapters.compat import CompatReport, finding
 from registry.errors import (
@@ -189,7 +188,7 @@ def _verify_subject(
 
 def check_files(files: Sequence[FileRecord]) -> list[compat.Finding]:
     """Re-hash every blob of a version; one finding per changed or missing file."""
-    from registry.storage import BlobStore, open_store
+    from registry.storage import open_store
 
     store = open_store()
     out: list[compat.Finding] = []
@@ -311,7 +310,7 @@ def _materialise(subject: AdapterSubject, into: Path) -> Path:
         assert subject.directory is not None
         return subject.directory
     from registry.adapters.manifest import check_relative_path
-    from registry.storage import BlobStore, open_store
+    from registry.storage import open_store
 
     store = open_store()
     for f in subject.version.files:

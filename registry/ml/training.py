@@ -235,7 +235,7 @@ def _read_records(path: Path) -> list[Any]:
             ) from None
         try:
             return list(pq.read_table(path).to_pylist())
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
+        except Exception as exc:
             raise InvalidDatasetError(f"cannot read parquet dataset {path}: {exc}") from None
     if fmt is None:
         raise InvalidDatasetError(
@@ -267,7 +267,7 @@ def _read_saved_dataset(path: Path) -> list[Any]:
 
     try:
         loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a damaged directory
+    except Exception as exc:
         raise InvalidDatasetError(f"cannot load the saved dataset {path}: {exc}") from None
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
@@ -585,7 +585,7 @@ def _download_base(spec: str, info: BaseModelInfo | None) -> str:
                 name, revision=pinned, endpoint=settings.hub_endpoint(), token=settings.hub_token(),
                 allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
             ))
-    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types; all mean "not fetched"
+    except Exception as exc:
         raise HubError(
             # Redact before truncating: a server may echo the Authorization header it was sent.
             f"cannot download base model {name}@{pinned or 'main'} from {settings.hub_endpoint()}: "
@@ -822,8 +822,8 @@ def _tmp_root() -> Path:
 
 def _plan(config: TrainConfig, *, db: str | None) -> _Plan:
     """Check every input and measure the identities before anything heavy is loaded."""
-    from registry.adapters import basemodel
     from registry import catalogue
+    from registry.adapters import basemodel
 
     timings: dict[str, float] = {}
     for label, value, low in (("--epochs", config.epochs, 0), ("--lr", config.lr, 0)):

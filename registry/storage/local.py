@@ -289,7 +289,7 @@ class LocalBlobStore:
     def remove_incomplete(self, key: str) -> None:
         base = (self.root / "sha256").resolve()
         target = (base / key).resolve()
-        if target.parent != base and target.parent.parent != base or not target.name.startswith(TMP_PREFIX):
+        if (target.parent != base and target.parent.parent != base) or not target.name.startswith(TMP_PREFIX):
             return  # not a leftover of ours: never delete outside the store
         target.unlink(missing_ok=True)
 
