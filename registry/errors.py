@@ -127,6 +127,10 @@ class HubError(RegistryError):
     exit_code = EXIT_HUB
 
 
+class BlobStoreError(RegistryError):
+    """The blob store (an S3 bucket, …) refused or failed: no credentials, access denied, unreachable."""
+
+
 class LockfileDriftError(IntegrityError):
     """What a lockfile pins no longer matches what the Hub serves."""
 

@@ -1,0 +1,893 @@
+"""Blobs in S3-compatible object storage (AWS S3, MinIO, Ceph, R2, …): ``s3://bucket/prefix``.
+
+Objects are keyed ``<prefix>/sha256/ab/<sha256>``, the layout of the local store, so a bucket and a
+folder hold the same tree. Credentials come from the standard AWS chain (environment, profile,
+instance role) through boto3 and are never stored or printed; the endpoint from
+``AWS_ENDPOINT_URL`` (or the ``endpoint_url`` argument).
+
+Writes. The sha256 is known before a byte is sent (a file is hashed first, a stream comes with
+its expected digest), so an object that exists is never uploaded again: content addressing makes
+publish idempotent across machines. New bytes go up in parts of ``part_size`` with at most
+``max_concurrency`` parts in flight (bounded memory), each part carrying its own
+``ChecksumSHA256`` for the server to check; the whole object's sha256 is computed on the way and
+the multipart upload is completed only when it matches, so a reader never sees a wrong or partial
+object under a blob's key. Small blobs are one ``PutObject`` with the whole object's
+``ChecksumSHA256``. Writes are conditional (``If-None-Match: *``) where the server supports it.
+
+Reads. :meth:`S3BlobStore.open_read` streams; :meth:`~S3BlobStore.export` and
+:meth:`~S3BlobStore.verify` re-hash the streamed bytes; :meth:`~S3BlobStore.local_path` downloads
+once into a verified cache (``$SPR_HOME/cache/blobs``) and serves later calls from it without a
+request.
+
+Garbage collection across machines. There is no lock a bucket can give, so writers announce
+themselves: :meth:`~S3BlobStore.writing` keeps a *pending marker* ``<prefix>/pending/<uuid>.json``
+that names every blob the writer stores or reuses (written before the blob is checked or
+uploaded) and every multipart upload it has open, refreshed by a heartbeat while it runs and
+deleted after the catalogue commit. Inside :meth:`~S3BlobStore.collecting` (gc),
+:meth:`~S3BlobStore.remove` re-reads the live markers just before each delete and keeps any blob
+one names, and any blob modified since gc listed it. A marker whose heartbeat stopped (a killed
+process) is stale after ``pending_ttl`` seconds and is then an ordinary leftover for gc. On leaving
+``writing()`` normally the writer checks that every blob it recorded still exists and says so if
+not (re-running the command uploads it again), closing the last window. See the README ("Teams:
+blobs in S3").
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from registry import settings
+from registry.digest import CHUNK, ProgressCallback, sha256_file
+from registry.errors import (
+    BlobStoreError,
+    DependencyMissingError,
+    DigestMismatchError,
+    IntegrityError,
+    NotFoundError,
+    UsageError,
+)
+from registry.storage import BlobStat
+
+S3Client = Any  # boto3's client is generated at run time; its stubs are not a dependency
+
+T = TypeVar("T")
+
+MIB = 1 << 20
+DEFAULT_PART_SIZE = 8 * MIB  # S3's minimum part is 5 MiB; boto3's default is 8 MiB
+DEFAULT_CONCURRENCY = 8
+DEFAULT_HEARTBEAT_SECONDS = 30.0
+DEFAULT_PENDING_TTL_SECONDS = 600.0  # a marker not refreshed for this long belongs to a dead writer
+MAX_MARKER_BYTES = 4 * MIB  # a marker read from the bucket is bounded like any other input
+MARKER_FORMAT = "softprompt-registry/pending/v1"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]\Z")
+_BLOB_KEY = re.compile(r"sha256/([0-9a-f]{2})/([0-9a-f]{64})\Z")
+_MARKER_KEY = re.compile(r"pending/([0-9a-f]{32})\.json\Z")
+_UPLOAD_KEY = re.compile(r"(sha256/[0-9a-f]{2}/[0-9a-f]{64})\?uploadId=(.+)\Z")
+
+_DENIED = {
+    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "TokenRefreshRequired", "Forbidden", "403", "AccountProblem",
+}
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; raises :class:`UsageError` otherwise."""
+    if not url.startswith("s3://"):
+        raise UsageError(f"blob URL {url!r} is not an s3:// URL", hint="write it as s3://BUCKET or s3://BUCKET/PREFIX")
+    rest = url[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise UsageError(
+            f"blob URL {url!r} does not name a valid bucket ({bucket!r})",
+            hint="bucket names are 3-63 lower-case letters, digits, dots and hyphens: s3://BUCKET/PREFIX",
+        )
+    parts = prefix.split("/") if prefix else []
+    if any(p in ("", ".", "..") or "\\" in p or any(ord(c) < 32 for c in p) for p in parts):
+        raise UsageError(f"blob URL {url!r} has a malformed prefix {prefix!r}", hint="use s3://BUCKET/a/b (no empty, '.' or '..' parts)")
+    return bucket, prefix
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+@dataclass
+class _Marker:
+    """One writer's pending-upload marker: what it stores or reuses until its catalogue commit."""
+
+    key: str
+    shas: list[str] = field(default_factory=list)
+    confirmed: list[str] = field(default_factory=list)  # found stored or uploaded: the commit will reference them
+    uploads: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def body(self) -> bytes:
+        doc = {
+            "format": MARKER_FORMAT,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "written_at": time.time(),
+            "shas": sorted(set(self.shas)),
+            "uploads": sorted(set(self.uploads)),
+        }
+        return json.dumps(doc, sort_keys=True).encode("utf-8")
+
+
+class S3BlobStore:
+    """Blobs in an S3 bucket under a prefix (implements :class:`registry.storage.BlobStore`).
+
+    ``url`` is ``s3://bucket/prefix``; ``endpoint_url`` defaults to ``AWS_ENDPOINT_URL``
+    (``None`` means AWS itself). ``cache_dir`` defaults to ``$SPR_HOME/cache/blobs`` (read when
+    used). The bucket must exist: the store never creates one.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        cache_dir: Path | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+        pending_ttl_seconds: float = DEFAULT_PENDING_TTL_SECONDS,
+        client: S3Client | None = None,
+    ) -> None:
+        self.bucket, self.prefix = parse_s3_url(url)
+        if part_size < 5 * MIB:
+            raise UsageError(f"S3 part size {part_size} is below S3's minimum of 5 MiB", hint="use 5 MiB or more")
+        self.part_size = part_size
+        self.max_concurrency = max(1, max_concurrency)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.pending_ttl_seconds = pending_ttl_seconds
+        self._base = f"{self.prefix}/" if self.prefix else ""
+        self._cache_dir = cache_dir
+        self._endpoint = endpoint_url if endpoint_url is not None else settings.s3_endpoint()
+        self._client = client if client is not None else _make_client(self._endpoint, self.max_concurrency)
+        self._conditional = True  # If-None-Match: * until the server says it does not support it
+        self._local = threading.local()  # the marker of the writing() this thread is inside
+        self._collect_lock = threading.Lock()
+        self._collecting = 0
+        self._listed: dict[str, float] = {}  # sha -> mtime seen by iter_blobs while collecting
+        self._marker_cache: dict[str, tuple[str, set[str], set[str]]] = {}  # key -> (etag, shas, uploads)
+
+    # ------------------------------------------------------------------ naming
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._client.meta.endpoint_url)
+
+    def key(self, sha256: str) -> str:
+        """The object key of a blob."""
+        return f"{self._base}sha256/{sha256[:2]}/{sha256}"
+
+    def cache_path(self, sha256: str) -> Path:
+        """Where :meth:`local_path` keeps its verified copy of a blob."""
+        root = self._cache_dir if self._cache_dir is not None else settings.blob_cache_dir()
+        return root / "sha256" / sha256[:2] / sha256
+
+    # ------------------------------------------------------------------ errors
+
+    def _fail(self, exc: BaseException, action: str) -> Exception:
+        """The RegistryError for a client exception (anything else is returned unchanged)."""
+        return translate_error(exc, action=action, location=self.location, endpoint=self._endpoint)
+
+    def _call(self, action: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except Exception as exc:
+            raise self._fail(exc, action) from None
+
+    # ------------------------------------------------------------------ queries
+
+    def has(self, sha256: str) -> bool:
+        return self.stat(sha256) is not None
+
+    def stat(self, sha256: str) -> BlobStat | None:
+        _check_sha(sha256)
+        head = self._head(self.key(sha256), f"checking blob sha256:{sha256}")
+        if head is None:
+            return None
+        return BlobStat(sha256, int(head["ContentLength"]), head["LastModified"].timestamp())
+
+    def _head(self, key: str, action: str) -> dict[str, Any] | None:
+        try:
+            return self._client.head_object(Bucket=self.bucket, Key=key)  # type: ignore[no-any-return,unused-ignore]
+        except Exception as exc:
+            if _error_code(exc) in _MISSING:
+                return None
+            raise self._fail(exc, action) from None
+
+    def check_access(self) -> None:
+        """One cheap request that fails the way every later one would (bucket, credentials, network)."""
+        self._call("listing the bucket", self._client.list_objects_v2, Prefix=self._base + "sha256/", MaxKeys=1)
+
+    # ------------------------------------------------------------------ writing
+
+    def reuse(self, sha256: str) -> bool:
+        """True when the blob is stored. Inside :meth:`writing` it is first named in the pending marker."""
+        _check_sha(sha256)
+        self._note(sha256)
+        if self.stat(sha256) is None:
+            return False
+        self._confirm(sha256)
+        return True
+
+    def put_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
+        """Store a file: hashed first (the key), then uploaded unless the bucket already has it.
+
+        The upload re-hashes what it sends and refuses (stores nothing) when the file changed
+        between the two reads.
+        """
+        sha, size = sha256_file(source)
+        self._note(sha)
+        if self.stat(sha) is not None:
+            self._confirm(sha)
+            if progress is not None:
+                progress(size)
+            return sha, size
+        with open(source, "rb", buffering=0) as src:
+            sent = self._upload(src, sha, where=str(source), progress=progress)
+        return sha, sent
+
+    def link_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
+        """A bucket cannot link: same as :meth:`put_file`."""
+        return self.put_file(source, progress)
+
+    def put_stream(
+        self, src: BinaryIO, expected_sha256: str, *, where: str, progress: ProgressCallback | None = None
+    ) -> int:
+        """Store ``src``'s bytes under ``expected_sha256``; :class:`IntegrityError` (nothing stored) if they differ.
+
+        When the blob is already stored the stream is not read and the stored size is returned.
+        """
+        _check_sha(expected_sha256)
+        self._note(expected_sha256)
+        existing = self.stat(expected_sha256)
+        if existing is not None:
+            self._confirm(expected_sha256)
+            return existing.size
+        return self._upload(src, expected_sha256, where=where, progress=progress)
+
+    def put_bytes(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self._note(sha)
+        if self.stat(sha) is None:
+            self._upload(io.BytesIO(data), sha, where="bytes", progress=None)
+        else:
+            self._confirm(sha)
+        return sha
+
+    def _upload(self, src: BinaryIO, expected: str, *, where: str, progress: ProgressCallback | None) -> int:
+        key = self.key(expected)
+        first = _read_full(src, self.part_size)
+        if len(first) < self.part_size:
+            digest = hashlib.sha256(first).digest()
+            if progress is not None and first:
+                progress(len(first))
+            _check_digest(digest.hex(), expected, where)
+            self._put_object(key, first, _b64(digest), expected)
+            self._confirm(expected)
+            return len(first)
+        size = self._multipart(src, first, key, expected, where=where, progress=progress)
+        self._confirm(expected)
+        return size
+
+    def _put_object(self, key: str, body: bytes, checksum: str, sha: str) -> None:
+        action = f"uploading blob sha256:{sha}"
+        kwargs: dict[str, Any] = {"Key": key, "Body": body, "ChecksumSHA256": checksum}
+        while True:
+            if self._conditional:
+                kwargs["IfNoneMatch"] = "*"
+            else:
+                kwargs.pop("IfNoneMatch", None)
+            try:
+                self._client.put_object(Bucket=self.bucket, **kwargs)
+                return
+            except Exception as exc:
+                code = _error_code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    return  # another writer stored the same bytes first: content addressing makes that fine
+                if code == "ConditionalRequestConflict":
+                    if self.stat(sha) is not None:
+                        return
+                    continue
+                if self._conditional and _unsupported_condition(exc):
+                    self._conditional = False
+                    continue
+                raise self._fail(exc, action) from None
+
+    def _multipart(
+        self, src: BinaryIO, first: bytes, key: str, expected: str, *, where: str, progress: ProgressCallback | None
+    ) -> int:
+        action = f"uploading blob sha256:{expected}"
+        created = self._call(action, self._client.create_multipart_upload, Key=key, ChecksumAlgorithm="SHA256")
+        upload_id = created["UploadId"]
+        self._note_upload(key, upload_id)
+        whole = hashlib.sha256()
+        size = 0
+        parts: list[dict[str, Any]] = []
+        inflight: deque[Future[dict[str, Any]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="spr-s3-part")
+        try:
+            chunk = first
+            number = 1
+            while chunk:
+                whole.update(chunk)
+                size += len(chunk)
+                while len(inflight) >= self.max_concurrency:  # bounded memory: wait for the oldest part
+                    parts.append(inflight.popleft().result())
+                inflight.append(pool.submit(self._upload_part, key, upload_id, number, chunk, action))
+                if progress is not None:
+                    progress(len(chunk))
+                number += 1
+                chunk = _read_full(src, self.part_size)
+            while inflight:
+                parts.append(inflight.popleft().result())
+            _check_digest(whole.hexdigest(), expected, where)
+            self._complete(key, upload_id, parts, expected, action)
+        except BaseException:
+            for fut in inflight:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._abort(key, upload_id)
+            raise
+        pool.shutdown(wait=True)
+        return size
+
+    def _upload_part(self, key: str, upload_id: str, number: int, chunk: bytes, action: str) -> dict[str, Any]:
+        checksum = _b64(hashlib.sha256(chunk).digest())
+        resp = self._call(
+            action, self._client.upload_part, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk,
+            ChecksumSHA256=checksum,
+        )
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": resp.get("ChecksumSHA256", checksum)}
+
+    def _complete(self, key: str, upload_id: str, parts: list[dict[str, Any]], sha: str, action: str) -> None:
+        while True:
+            kwargs: dict[str, Any] = {"Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
+            if self._conditional:
+                kwargs["IfNoneMatch"] = "*"
+            try:
+                self._client.complete_multipart_upload(Bucket=self.bucket, **kwargs)
+                return
+            except Exception as exc:
+                code = _error_code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    self._abort(key, upload_id)  # the same bytes were stored meanwhile by another writer
+                    return
+                if code == "ConditionalRequestConflict" and self.stat(sha) is not None:
+                    self._abort(key, upload_id)
+                    return
+                if self._conditional and _unsupported_condition(exc):
+                    self._conditional = False
+                    continue
+                raise self._fail(exc, action) from None
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:  # best effort: an upload left open is listed by iter_incomplete and removed by gc
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ reading
+
+    @contextmanager
+    def open_read(self, sha256: str) -> Iterator[BinaryIO]:
+        """Stream the object (not re-verified). Raises NotFoundError when it is missing."""
+        body, size = self._get(sha256)
+        raw = _BodyReader(body, size, self, sha256)
+        try:
+            yield io.BufferedReader(raw, CHUNK)  # type: ignore[misc,unused-ignore]
+        finally:
+            raw.close()
+
+    def _get(self, sha256: str) -> tuple[Any, int]:
+        _check_sha(sha256)
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=self.key(sha256))
+        except Exception as exc:
+            if _error_code(exc) in _MISSING:
+                raise self._missing(sha256) from None
+            raise self._fail(exc, f"downloading blob sha256:{sha256}") from None
+        return resp["Body"], int(resp["ContentLength"])
+
+    def _missing(self, sha256: str) -> NotFoundError:
+        return NotFoundError(
+            f"blob sha256:{sha256} is missing from the blob store {self.location}",
+            hint="run 'spr audit' to list every missing blob; restore from a backup or re-publish",
+            sha256=sha256,
+        )
+
+    def local_path(self, sha256: str) -> Path:
+        """A verified local copy in the cache; the first call downloads, later calls make no request."""
+        _check_sha(sha256)
+        path = self.cache_path(sha256)
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._download(sha256, path, mode=0o444, progress=None)
+        return path
+
+    def export(self, sha256: str, destination: Path, progress: ProgressCallback | None = None) -> None:
+        """Download a blob to ``destination`` atomically, re-hashing on the way (a cached copy is used when present)."""
+        _check_sha(sha256)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        cached = self.cache_path(sha256)
+        if cached.is_file():
+            with open(cached, "rb", buffering=0) as src:
+                _write_verified(src, sha256, destination, 0o644, progress, where=f"the cached copy {cached}")
+            return
+        self._download(sha256, destination, mode=0o644, progress=progress)
+
+    def _download(self, sha256: str, destination: Path, *, mode: int, progress: ProgressCallback | None) -> None:
+        with self.open_read(sha256) as src:
+            _write_verified(src, sha256, destination, mode, progress, where=f"{self.location} ({self.key(sha256)})")
+
+    def verify(self, sha256: str, progress: ProgressCallback | None = None) -> None:
+        """Re-hash the object as stored in the bucket (the cache is not consulted)."""
+        h = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with self.open_read(sha256) as src:
+            while n := src.readinto(buf):  # type: ignore[attr-defined]
+                h.update(view[:n])
+                if progress is not None:
+                    progress(n)
+        if h.hexdigest() != sha256:
+            raise DigestMismatchError(
+                f"blob sha256:{sha256} in {self.location} was changed (its bytes now hash to sha256:{h.hexdigest()})",
+                hint="run 'spr audit'; restore the blob from a backup or re-publish the adapter",
+                expected=sha256,
+                found=h.hexdigest(),
+            )
+
+    # ------------------------------------------------------------------ listing
+
+    def _list(self, prefix: str, action: str) -> Iterator[tuple[dict[str, Any], float]]:
+        """``(object, server time of the listing)`` for every object under ``prefix``, in key order."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            resp = self._call(action, self._client.list_objects_v2, **kwargs)
+            now = _server_time(resp)
+            for obj in resp.get("Contents", []):
+                yield obj, now
+            if not resp.get("IsTruncated"):
+                return
+            token = resp["NextContinuationToken"]
+
+    def iter_blobs(self) -> Iterator[BlobStat]:
+        for obj, _ in self._list(self._base + "sha256/", "listing blobs"):
+            rel = obj["Key"][len(self._base):]
+            m = _BLOB_KEY.fullmatch(rel)
+            if m and m.group(2).startswith(m.group(1)):
+                stat = BlobStat(m.group(2), int(obj["Size"]), obj["LastModified"].timestamp())
+                if self._collecting:
+                    self._listed[stat.key] = stat.mtime
+                yield stat
+
+    def iter_stray(self) -> Iterator[BlobStat]:
+        """Objects under the prefix that are neither blobs nor pending markers (keys relative to the prefix)."""
+        for obj, _ in self._list(self._base, "listing the bucket"):
+            rel = obj["Key"][len(self._base):]
+            m = _BLOB_KEY.fullmatch(rel)
+            if (m and m.group(2).startswith(m.group(1))) or _MARKER_KEY.fullmatch(rel):
+                continue
+            yield BlobStat(rel, int(obj["Size"]), obj["LastModified"].timestamp())
+
+    def iter_incomplete(self) -> Iterator[BlobStat]:
+        """Multipart uploads no live writer owns (``sha256/ab/<sha>?uploadId=…``) and stale markers (``pending/…``)."""
+        live_shas, live_uploads, stale = self._pending()
+        del live_shas
+        for key, mtime, size in stale:
+            yield BlobStat(key, size, mtime)
+        marker: dict[str, Any] = {"Prefix": self._base + "sha256/"}
+        while True:
+            resp = self._call("listing unfinished uploads", self._client.list_multipart_uploads, **marker)
+            for up in resp.get("Uploads", []):
+                rel = up["Key"][len(self._base):]
+                ident = f"{rel}?uploadId={up['UploadId']}"
+                if ident in live_uploads or not _BLOB_KEY.fullmatch(rel):
+                    continue
+                yield BlobStat(ident, 0, up["Initiated"].timestamp())
+            if not resp.get("IsTruncated"):
+                return
+            marker = {
+                "Prefix": self._base + "sha256/",
+                "KeyMarker": resp.get("NextKeyMarker", ""),
+                "UploadIdMarker": resp.get("NextUploadIdMarker", ""),
+            }
+
+    def remove_incomplete(self, key: str) -> None:
+        """Abort an unfinished upload or delete a stale marker named by :meth:`iter_incomplete`; anything else is ignored."""
+        if m := _UPLOAD_KEY.fullmatch(key):
+            self._abort(self._base + m.group(1), m.group(2))
+        elif _MARKER_KEY.fullmatch(key):
+            self._delete(self._base + key, "removing a stale pending marker")
+
+    def remove(self, sha256: str) -> None:
+        """Delete a blob (missing is fine).
+
+        Inside :meth:`collecting` a blob is kept (silently) when a live pending marker names it or
+        it was modified after gc listed it: a writer on another machine is about to reference it.
+        """
+        _check_sha(sha256)
+        if self._collecting:
+            live_shas, _, _ = self._pending()
+            if sha256 in live_shas:
+                return
+            head = self._head(self.key(sha256), f"checking blob sha256:{sha256}")
+            if head is None:
+                return
+            listed = self._listed.get(sha256)
+            if listed is not None and head["LastModified"].timestamp() > listed:
+                return
+        self._delete(self.key(sha256), f"deleting blob sha256:{sha256}")
+
+    def _delete(self, key: str, action: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _error_code(exc) in _MISSING:
+                return
+            raise self._fail(exc, action) from None
+
+    # ------------------------------------------------------------------ pending markers
+
+    def _pending(self) -> tuple[set[str], set[str], list[tuple[str, float, int]]]:
+        """``(shas named by live markers, uploads named by them, stale markers as (key, mtime, size))``."""
+        shas: set[str] = set()
+        uploads: set[str] = set()
+        stale: list[tuple[str, float, int]] = []
+        seen: set[str] = set()
+        for obj, now in self._list(self._base + "pending/", "listing pending markers"):
+            rel = obj["Key"][len(self._base):]
+            if not _MARKER_KEY.fullmatch(rel):
+                continue
+            mtime = obj["LastModified"].timestamp()
+            if now - mtime > self.pending_ttl_seconds:
+                stale.append((rel, mtime, int(obj["Size"])))
+                continue
+            seen.add(rel)
+            etag = str(obj.get("ETag", ""))
+            cached = self._marker_cache.get(rel)
+            if cached is None or cached[0] != etag:
+                cached = (etag, *self._read_marker(obj["Key"], int(obj["Size"])))
+                self._marker_cache[rel] = cached
+            shas |= cached[1]
+            uploads |= cached[2]
+        for rel in set(self._marker_cache) - seen:
+            del self._marker_cache[rel]
+        return shas, uploads, stale
+
+    def _read_marker(self, key: str, size: int) -> tuple[set[str], set[str]]:
+        if size > MAX_MARKER_BYTES:
+            return set(), set()
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key)
+            data = resp["Body"].read(MAX_MARKER_BYTES + 1)
+        except Exception as exc:
+            if _error_code(exc) in _MISSING:
+                return set(), set()  # its writer finished meanwhile
+            raise self._fail(exc, "reading a pending marker") from None
+        try:
+            doc = json.loads(data)
+            shas = {s for s in doc.get("shas", []) if isinstance(s, str) and _HEX64.fullmatch(s)}
+            ups = {u for u in doc.get("uploads", []) if isinstance(u, str)}
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            return set(), set()
+        return shas, ups
+
+    def _write_marker(self, marker: _Marker) -> None:
+        with marker.lock:
+            body = marker.body()
+            self._call("writing the pending-upload marker", self._client.put_object, Key=marker.key, Body=body)
+
+    def _note(self, sha256: str) -> None:
+        marker: _Marker | None = getattr(self._local, "marker", None)
+        if marker is None or sha256 in marker.shas:
+            return
+        marker.shas.append(sha256)
+        self._write_marker(marker)  # named before the blob is checked or uploaded: gc sees it first
+
+    def _confirm(self, sha256: str) -> None:
+        marker: _Marker | None = getattr(self._local, "marker", None)
+        if marker is not None:
+            marker.confirmed.append(sha256)
+
+    def _note_upload(self, key: str, upload_id: str) -> None:
+        marker: _Marker | None = getattr(self._local, "marker", None)
+        if marker is None:
+            return
+        marker.uploads.append(f"{key[len(self._base):]}?uploadId={upload_id}")
+        self._write_marker(marker)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """From a writer's first stored blob to its catalogue commit: a pending marker guards its blobs.
+
+        On a normal exit every blob it recorded is checked to still exist; a blob removed
+        meanwhile (only possible in a window of one request against a gc on another machine)
+        raises :class:`IntegrityError` naming the fix: run the command again, which re-uploads it.
+        """
+        outer: _Marker | None = getattr(self._local, "marker", None)
+        if outer is not None:  # nested: the outer writer's marker already covers this thread
+            yield
+            return
+        marker = _Marker(key=f"{self._base}pending/{uuid.uuid4().hex}.json")
+        self._write_marker(marker)
+        self._local.marker = marker
+        beat = threading.Thread(target=self._heartbeat, args=(marker,), daemon=True, name="spr-s3-heartbeat")
+        beat.start()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self._local.marker = None
+            marker.stop.set()
+            beat.join()
+            try:
+                if ok:
+                    self._check_recorded(marker.confirmed)
+            finally:
+                try:
+                    self._delete(marker.key, "removing the pending-upload marker")
+                except Exception:
+                    if ok:
+                        raise
+
+    def _check_recorded(self, shas: list[str]) -> None:
+        gone = [sha for sha in dict.fromkeys(shas) if self.stat(sha) is None]
+        if gone:
+            raise IntegrityError(
+                f"blob sha256:{gone[0]} was removed from {self.location} while this command was recording it "
+                f"(a gc on another machine raced it; {len(gone)} blob(s) affected)",
+                hint="run the same command again: it uploads the missing blob(s) and changes nothing else",
+                missing=gone,
+            )
+
+    def _heartbeat(self, marker: _Marker) -> None:
+        while not marker.stop.wait(self.heartbeat_seconds):
+            try:
+                self._write_marker(marker)
+            except Exception:
+                pass  # the next beat tries again; a marker that stays stale only delays gc's protection
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """gc's side: no lock exists across machines, so :meth:`remove` consults the live markers per delete."""
+        with self._collect_lock:
+            self._collecting += 1
+        try:
+            yield
+        finally:
+            with self._collect_lock:
+                self._collecting -= 1
+                if not self._collecting:
+                    self._listed.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _make_client(endpoint: str | None, concurrency: int) -> S3Client:
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise DependencyMissingError(
+            "an s3:// blob store needs boto3, which is not installed",
+            hint="pip install 'softprompt-registry[s3]'",
+        ) from None
+    config = Config(
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=max(10, concurrency + 2),
+        # The store sends its own SHA-256 per part and per object; no second (CRC) checksum on top.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error") or {}
+        code = err.get("Code")
+        if code:
+            return str(code)
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        if status:
+            return str(status)
+    return ""
+
+
+def _unsupported_condition(exc: BaseException) -> bool:
+    code = _error_code(exc)
+    return code in ("NotImplemented", "501") or (code in ("InvalidArgument", "400") and "If-None-Match" in str(exc))
+
+
+def translate_error(exc: BaseException, *, action: str, location: str, endpoint: str | None) -> Exception:
+    """One RegistryError, with the fix, for a boto3/botocore failure; other exceptions are returned as they are."""
+    try:
+        from botocore import exceptions as bx
+    except ImportError:  # pragma: no cover - boto3 is installed whenever a client exists
+        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+    where = endpoint or "AWS S3"
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
+        return BlobStoreError(
+            f"no AWS credentials found for {location} ({action})",
+            hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance role",
+        )
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError,
+                        bx.ConnectTimeoutError, bx.ResponseStreamingError, bx.IncompleteReadError)):
+        return BlobStoreError(
+            f"the S3 endpoint {where} failed while {action} for {location}: {type(exc).__name__}",
+            hint="check AWS_ENDPOINT_URL / --s3-endpoint and the network, then run the command again "
+            "(nothing half-written is visible)",
+        )
+    if isinstance(exc, bx.ClientError):
+        code = _error_code(exc)
+        if code in ("NoSuchBucket",):
+            return NotFoundError(
+                f"bucket {location.split('/')[2]!r} does not exist at {where}",
+                hint="create it (aws s3 mb) or fix SPR_BLOB_URL / --blob-url and AWS_ENDPOINT_URL",
+            )
+        if code in _DENIED:
+            return BlobStoreError(
+                f"access denied to {location} while {action} ({code})",
+                hint="check the AWS credentials in use (AWS_PROFILE / AWS_ACCESS_KEY_ID) and that they may "
+                "s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the bucket",
+            )
+        message = str((exc.response.get("Error") or {}).get("Message") or code)
+        return BlobStoreError(
+            f"S3 at {where} refused {action} for {location}: {code}: {message}",
+            hint="see the server's message; run the command again once it is fixed",
+        )
+    if isinstance(exc, bx.BotoCoreError):
+        return BlobStoreError(f"the S3 client failed while {action} for {location}: {exc}", hint="run the command again")
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+def _check_sha(sha256: str) -> None:
+    if not _HEX64.fullmatch(sha256):
+        raise UsageError(f"{sha256!r} is not a sha256 (64 lower-case hex digits)", hint="pass the blob's sha256")
+
+
+def _check_digest(actual: str, expected: str, where: str) -> None:
+    if actual != expected:
+        raise IntegrityError(
+            f"{where}: blob sha256:{expected} hashes to sha256:{actual}",
+            hint="the source changed or is damaged; nothing was stored; use an intact copy",
+            expected=expected,
+            found=actual,
+        )
+
+
+def _read_full(src: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes (fewer only at the end of the stream)."""
+    out = bytearray()
+    while len(out) < size:
+        data = src.read(size - len(out))
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
+def _server_time(resp: dict[str, Any]) -> float:
+    # Ages are measured on the server's clock (its Date header) against its LastModified, so a
+    # skewed clock on this machine cannot make a live marker look stale.
+    try:
+        return parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
+
+
+def _write_verified(
+    src: BinaryIO, sha256: str, destination: Path, mode: int, progress: ProgressCallback | None, *, where: str
+) -> None:
+    """Stream ``src`` into a temp file beside ``destination``, hashing; rename into place only when it matches."""
+    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=destination.parent)
+    tmp = Path(name)
+    try:
+        h = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with os.fdopen(fd, "wb", buffering=0) as dst:
+            while n := src.readinto(buf):  # type: ignore[attr-defined]
+                h.update(view[:n])
+                dst.write(view[:n])
+                if progress is not None:
+                    progress(n)
+            os.fsync(dst.fileno())
+        if h.hexdigest() != sha256:
+            raise DigestMismatchError(
+                f"blob sha256:{sha256} from {where} hashes to sha256:{h.hexdigest()}; refusing to use it",
+                hint="the stored object was changed: run 'spr audit' and restore it from a backup or re-publish",
+                expected=sha256,
+                found=h.hexdigest(),
+            )
+        os.chmod(tmp, mode)
+        os.replace(tmp, destination)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _BodyReader(io.RawIOBase):
+    """A botocore streaming body as a raw binary stream; a body cut short is an error, never a short file."""
+
+    def __init__(self, body: Any, size: int, store: S3BlobStore, sha256: str) -> None:
+        self._body = body
+        self._size = size
+        self._read = 0
+        self._store = store
+        self._sha = sha256
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        try:
+            data = self._body.read(len(view))
+        except Exception as exc:
+            raise self._cut(exc) from None
+        n = len(data)
+        if n == 0 and self._read < self._size:
+            raise self._cut(None)
+        view[:n] = data
+        self._read += n
+        return n
+
+    def _cut(self, exc: BaseException | None) -> Exception:
+        if exc is not None and type(exc).__name__ not in ("IncompleteReadError", "ResponseStreamingError",
+                                                         "ProtocolError", "ReadTimeoutError"):
+            return self._store._fail(exc, f"downloading blob sha256:{self._sha}")
+        return BlobStoreError(
+            f"the download of blob sha256:{self._sha} from {self._store.location} was cut short "
+            f"after {self._read} of {self._size} bytes",
+            hint="check the network and run the command again; nothing was written",
+        )
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        finally:
+            super().close()
