@@ -318,3 +318,124 @@ def test_incomplete_uploads_and_stale_markers(s3: S3Env, tmp_path: Path) -> None
         store.remove_incomplete(k)
     assert list(store.iter_incomplete()) == []
     assert s3.keys("team/") == ["team/notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# gc across machines: pending markers
+
+
+def markers(s3: S3Env) -> list[dict[str, Any]]:
+    out = []
+    for key in s3.keys("team/pending/"):
+        out.append(json.loads(s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()))
+    return out
+
+
+def test_a_writer_names_its_blobs_in_a_pending_marker_until_it_leaves(s3: S3Env, tmp_path: Path) -> None:
+    store = make(s3)
+    path, sha = write(tmp_path / "w", 6 * MIB, seed=10)
+    with store.writing():
+        assert [m["shas"] for m in markers(s3)] == [[]]
+        store.put_file(path)
+        (marker,) = markers(s3)
+        assert marker["shas"] == [sha]
+        assert marker["uploads"][0].startswith(f"sha256/{sha[:2]}/{sha}?uploadId=")
+    assert markers(s3) == []
+
+
+def test_gc_on_another_machine_keeps_what_a_live_marker_names(s3: S3Env, tmp_path: Path) -> None:
+    writer, collector = make(s3), make(s3, cache_dir=tmp_path / "other-cache")
+    path, sha = write(tmp_path / "w", 5000, seed=11)
+    writer.put_file(path)  # an orphan from an earlier, abandoned publish
+    with writer.writing():
+        assert writer.reuse(sha)  # about to reference it in a catalogue row
+        with collector.collecting():
+            assert [b.key for b in collector.iter_blobs()] == [sha]
+            collector.remove(sha)  # gc decided it is unreferenced; the marker says otherwise
+        assert writer.has(sha)
+    with collector.collecting():
+        list(collector.iter_blobs())
+        collector.remove(sha)  # the writer is gone (and committed nothing here): now it may go
+    assert not writer.has(sha)
+
+
+def test_gc_keeps_a_blob_rewritten_after_it_was_listed(s3: S3Env, tmp_path: Path) -> None:
+    store, collector = make(s3), make(s3)
+    data = b"x" * 100
+    sha = store.put_bytes(data)
+    with collector.collecting():
+        list(collector.iter_blobs())
+        time.sleep(1.1)  # LastModified has one-second resolution
+        s3.client.put_object(Bucket=s3.bucket, Key=store.key(sha), Body=data)  # stored again meanwhile
+        collector.remove(sha)
+    assert store.has(sha)
+
+
+def test_the_heartbeat_keeps_a_long_writer_live(s3: S3Env, tmp_path: Path) -> None:
+    writer = make(s3, heartbeat_seconds=0.5, pending_ttl_seconds=2.0)
+    collector = make(s3, pending_ttl_seconds=2.0)
+    sha = writer.put_bytes(b"long publish")
+    with writer.writing():
+        writer.reuse(sha)
+        time.sleep(4.5)  # longer than the ttl: only the heartbeat keeps the marker fresh
+        assert list(collector.iter_incomplete()) == []
+        with collector.collecting():
+            collector.remove(sha)
+        assert writer.has(sha)
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from registry.storage.s3 import S3BlobStore
+store = S3BlobStore(sys.argv[1], heartbeat_seconds=0.5)
+with store.writing():
+    store.put_file(Path(sys.argv[2]))
+    print("stored", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_writers_marker_goes_stale_and_gc_then_cleans_up(s3: S3Env, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path, sha = write(tmp_path / "w", 2000, seed=12)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, s3.url, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "stored"
+        collector = make(s3, pending_ttl_seconds=2.0)
+        with collector.collecting():
+            list(collector.iter_blobs())
+            collector.remove(sha)
+        assert collector.has(sha)  # the writer is alive
+    finally:
+        proc.kill()  # kill -9: no cleanup runs
+        proc.wait()
+    assert len(markers(s3)) == 1
+    time.sleep(3.1)  # the heartbeat stopped: after the ttl the marker is stale
+    (stale,) = list(collector.iter_incomplete())
+    assert stale.key.startswith("pending/")
+    with collector.collecting():
+        list(collector.iter_blobs())
+        collector.remove(sha)
+        collector.remove_incomplete(stale.key)
+    assert not collector.has(sha) and markers(s3) == []
+
+
+def test_a_blob_lost_to_a_race_is_reported_on_leaving_and_a_rerun_restores_it(s3: S3Env, tmp_path: Path) -> None:
+    store = make(s3)
+    path, sha = write(tmp_path / "w", 3000, seed=13)
+    store.put_file(path)
+    with pytest.raises(IntegrityError) as info, store.writing():
+        assert store.reuse(sha)
+        # The one window left: a gc elsewhere read the markers just before this writer named the
+        # blob, and deletes it just after this writer found it.
+        s3.client.delete_object(Bucket=s3.bucket, Key=store.key(sha))
+    assert str(info.value).startswith(f"blob sha256:{sha} was removed from {s3.url} while this command was recording")
+    assert "run the same command again" in str(info.value)
+    assert markers(s3) == []
+    with store.writing():  # the re-run
+        assert not store.reuse(sha)
+        store.put_file(path)
+    store.verify(sha)
