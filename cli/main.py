@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from registry.cli import (  # noqa: F401  (importing registers the commands)
+    blobs_cmds,
     catalogue_cmds,
     demo_cmd,
     hub_cmds,

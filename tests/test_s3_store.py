@@ -439,3 +439,43 @@ def test_a_blob_lost_to_a_race_is_reported_on_leaving_and_a_rerun_restores_it(s3
         assert not store.reuse(sha)
         store.put_file(path)
     store.verify(sha)
+
+
+# ---------------------------------------------------------------------------------------------
+# migrate and verify (the library side of 'spr blobs migrate' / 'spr blobs verify')
+
+
+def test_copy_a_local_store_into_a_bucket_verified_and_resumable(s3: S3Env, tmp_path: Path) -> None:
+    from registry.storage import LocalBlobStore
+    from registry.storage.migrate import copy_blobs, verify_blobs
+
+    local = LocalBlobStore(tmp_path / "blobs")
+    shas = [local.put_bytes(f"blob {i}".encode() * 1000) for i in range(5)]
+    big, big_sha = write(tmp_path / "big", 6 * MIB, seed=20)
+    local.put_file(big)
+    bucket = make(s3)
+    # An interrupted earlier run: two blobs already copied.
+    for sha in shas[:2]:
+        with local.open_read(sha) as fh:
+            bucket.put_stream(fh, sha, where="test")
+    report = copy_blobs(local, bucket)
+    assert (report.copied, report.skipped, report.damaged) == (4, 2, ())
+    assert sorted(b.key for b in bucket.iter_blobs()) == sorted([*shas, big_sha])
+    again = copy_blobs(local, bucket)
+    assert (again.copied, again.skipped) == (0, 6)
+    assert verify_blobs(bucket).problems == ()
+
+    # A damaged source blob is reported and not copied; the rest still is.
+    damaged = local.put_bytes(b"will be damaged")
+    os.chmod(local.path(damaged), 0o644)
+    local.path(damaged).write_bytes(b"damaged!")
+    fresh_bucket = S3BlobStore(s3.url + "-2")  # another prefix of the same bucket
+    report = copy_blobs(local, fresh_bucket)
+    assert report.damaged == (damaged,) and report.copied == 6
+    assert not fresh_bucket.has(damaged)
+
+    s3.client.put_object(Bucket=s3.bucket, Key=bucket.key(shas[0]), Body=b"tampered")
+    found = verify_blobs(bucket)
+    assert found.checked == 5 and len(found.problems) == 1 and found.problems[0].startswith(f"sha256:{shas[0]}: ")
+    missing = verify_blobs(bucket, ["0" * 64])
+    assert missing.problems == (f"sha256:{'0' * 64}: missing from {s3.url}",)
