@@ -34,14 +34,12 @@ blobs in S3").
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
 import os
 import re
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -50,23 +48,34 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from registry import settings
 from registry.digest import CHUNK, ProgressCallback, sha256_file
 from registry.errors import (
-    BlobStoreError,
-    DependencyMissingError,
     DigestMismatchError,
     IntegrityError,
     NotFoundError,
     UsageError,
 )
 from registry.storage import BlobStat
-
-S3Client = Any  # boto3's client is generated at run time; its stubs are not a dependency
+from registry.storage.s3_io import (
+    HEX64,
+    MISSING,
+    BodyReader,
+    S3Client,
+    b64,
+    check_digest,
+    check_sha,
+    error_code,
+    make_client,
+    read_full,
+    server_time,
+    translate_error,
+    unsupported_condition,
+    write_verified,
+)
 
 T = TypeVar("T")
 
@@ -78,17 +87,11 @@ DEFAULT_PENDING_TTL_SECONDS = 600.0  # a marker not refreshed for this long belo
 MAX_MARKER_BYTES = 4 * MIB  # a marker read from the bucket is bounded like any other input
 MARKER_FORMAT = "softprompt-registry/pending/v1"
 
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]\Z")
 _BLOB_KEY = re.compile(r"sha256/([0-9a-f]{2})/([0-9a-f]{64})\Z")
 _MARKER_KEY = re.compile(r"pending/([0-9a-f]{32})\.json\Z")
 _UPLOAD_KEY = re.compile(r"(sha256/[0-9a-f]{2}/[0-9a-f]{64})\?uploadId=(.+)\Z")
 
-_DENIED = {
-    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "TokenRefreshRequired", "Forbidden", "403", "AccountProblem",
-}
-_MISSING = {"NoSuchKey", "404", "NotFound"}
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -107,10 +110,6 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if any(p in ("", ".", "..") or "\\" in p or any(ord(c) < 32 for c in p) for p in parts):
         raise UsageError(f"blob URL {url!r} has a malformed prefix {prefix!r}", hint="use s3://BUCKET/a/b (no empty, '.' or '..' parts)")
     return bucket, prefix
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
 
 
 @dataclass
@@ -166,7 +165,7 @@ class S3BlobStore:
         self._base = f"{self.prefix}/" if self.prefix else ""
         self._cache_dir = cache_dir
         self._endpoint = endpoint_url if endpoint_url is not None else settings.s3_endpoint()
-        self._client = client if client is not None else _make_client(self._endpoint, self.max_concurrency)
+        self._client = client if client is not None else make_client(self._endpoint, self.max_concurrency)
         self._conditional = True  # If-None-Match: * until the server says it does not support it
         self._local = threading.local()  # the marker of the writing() this thread is inside
         self._collect_lock = threading.Lock()
@@ -211,7 +210,7 @@ class S3BlobStore:
         return self.stat(sha256) is not None
 
     def stat(self, sha256: str) -> BlobStat | None:
-        _check_sha(sha256)
+        check_sha(sha256)
         head = self._head(self.key(sha256), f"checking blob sha256:{sha256}")
         if head is None:
             return None
@@ -221,7 +220,7 @@ class S3BlobStore:
         try:
             return self._client.head_object(Bucket=self.bucket, Key=key)  # type: ignore[no-any-return,unused-ignore]
         except Exception as exc:
-            if _error_code(exc) in _MISSING:
+            if error_code(exc) in MISSING:
                 return None
             raise self._fail(exc, action) from None
 
@@ -233,7 +232,7 @@ class S3BlobStore:
 
     def reuse(self, sha256: str) -> bool:
         """True when the blob is stored. Inside :meth:`writing` it is first named in the pending marker."""
-        _check_sha(sha256)
+        check_sha(sha256)
         self._note(sha256)
         if self.stat(sha256) is None:
             return False
@@ -268,7 +267,7 @@ class S3BlobStore:
 
         When the blob is already stored the stream is not read and the stored size is returned.
         """
-        _check_sha(expected_sha256)
+        check_sha(expected_sha256)
         self._note(expected_sha256)
         existing = self.stat(expected_sha256)
         if existing is not None:
@@ -287,13 +286,13 @@ class S3BlobStore:
 
     def _upload(self, src: BinaryIO, expected: str, *, where: str, progress: ProgressCallback | None) -> int:
         key = self.key(expected)
-        first = _read_full(src, self.part_size)
+        first = read_full(src, self.part_size)
         if len(first) < self.part_size:
             digest = hashlib.sha256(first).digest()
             if progress is not None and first:
                 progress(len(first))
-            _check_digest(digest.hex(), expected, where)
-            self._put_object(key, first, _b64(digest), expected)
+            check_digest(digest.hex(), expected, where)
+            self._put_object(key, first, b64(digest), expected)
             self._confirm(expected)
             return len(first)
         size = self._multipart(src, first, key, expected, where=where, progress=progress)
@@ -312,14 +311,14 @@ class S3BlobStore:
                 self._client.put_object(Bucket=self.bucket, **kwargs)
                 return
             except Exception as exc:
-                code = _error_code(exc)
+                code = error_code(exc)
                 if code in ("PreconditionFailed", "412"):
                     return  # another writer stored the same bytes first: content addressing makes that fine
                 if code == "ConditionalRequestConflict":
                     if self.stat(sha) is not None:
                         return
                     continue
-                if self._conditional and _unsupported_condition(exc):
+                if self._conditional and unsupported_condition(exc):
                     self._conditional = False
                     continue
                 raise self._fail(exc, action) from None
@@ -348,10 +347,10 @@ class S3BlobStore:
                 if progress is not None:
                     progress(len(chunk))
                 number += 1
-                chunk = _read_full(src, self.part_size)
+                chunk = read_full(src, self.part_size)
             while inflight:
                 parts.append(inflight.popleft().result())
-            _check_digest(whole.hexdigest(), expected, where)
+            check_digest(whole.hexdigest(), expected, where)
             self._complete(key, upload_id, parts, expected, action)
         except BaseException:
             for fut in inflight:
@@ -363,7 +362,7 @@ class S3BlobStore:
         return size
 
     def _upload_part(self, key: str, upload_id: str, number: int, chunk: bytes, action: str) -> dict[str, Any]:
-        checksum = _b64(hashlib.sha256(chunk).digest())
+        checksum = b64(hashlib.sha256(chunk).digest())
         resp = self._call(
             action, self._client.upload_part, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk,
             ChecksumSHA256=checksum,
@@ -379,14 +378,14 @@ class S3BlobStore:
                 self._client.complete_multipart_upload(Bucket=self.bucket, **kwargs)
                 return
             except Exception as exc:
-                code = _error_code(exc)
+                code = error_code(exc)
                 if code in ("PreconditionFailed", "412"):
                     self._abort(key, upload_id)  # the same bytes were stored meanwhile by another writer
                     return
                 if code == "ConditionalRequestConflict" and self.stat(sha) is not None:
                     self._abort(key, upload_id)
                     return
-                if self._conditional and _unsupported_condition(exc):
+                if self._conditional and unsupported_condition(exc):
                     self._conditional = False
                     continue
                 raise self._fail(exc, action) from None
@@ -403,18 +402,18 @@ class S3BlobStore:
     def open_read(self, sha256: str) -> Iterator[BinaryIO]:
         """Stream the object (not re-verified). Raises NotFoundError when it is missing."""
         body, size = self._get(sha256)
-        raw = _BodyReader(body, size, self, sha256)
+        raw = BodyReader(body, size, self, sha256)
         try:
             yield io.BufferedReader(raw, CHUNK)  # type: ignore[misc,unused-ignore]
         finally:
             raw.close()
 
     def _get(self, sha256: str) -> tuple[Any, int]:
-        _check_sha(sha256)
+        check_sha(sha256)
         try:
             resp = self._client.get_object(Bucket=self.bucket, Key=self.key(sha256))
         except Exception as exc:
-            if _error_code(exc) in _MISSING:
+            if error_code(exc) in MISSING:
                 raise self._missing(sha256) from None
             raise self._fail(exc, f"downloading blob sha256:{sha256}") from None
         return resp["Body"], int(resp["ContentLength"])
@@ -428,7 +427,7 @@ class S3BlobStore:
 
     def local_path(self, sha256: str) -> Path:
         """A verified local copy in the cache; the first call downloads, later calls make no request."""
-        _check_sha(sha256)
+        check_sha(sha256)
         path = self.cache_path(sha256)
         if path.is_file():
             return path
@@ -438,18 +437,18 @@ class S3BlobStore:
 
     def export(self, sha256: str, destination: Path, progress: ProgressCallback | None = None) -> None:
         """Download a blob to ``destination`` atomically, re-hashing on the way (a cached copy is used when present)."""
-        _check_sha(sha256)
+        check_sha(sha256)
         destination.parent.mkdir(parents=True, exist_ok=True)
         cached = self.cache_path(sha256)
         if cached.is_file():
             with open(cached, "rb", buffering=0) as src:
-                _write_verified(src, sha256, destination, 0o644, progress, where=f"the cached copy {cached}")
+                write_verified(src, sha256, destination, 0o644, progress, where=f"the cached copy {cached}")
             return
         self._download(sha256, destination, mode=0o644, progress=progress)
 
     def _download(self, sha256: str, destination: Path, *, mode: int, progress: ProgressCallback | None) -> None:
         with self.open_read(sha256) as src:
-            _write_verified(src, sha256, destination, mode, progress, where=f"{self.location} ({self.key(sha256)})")
+            write_verified(src, sha256, destination, mode, progress, where=f"{self.location} ({self.key(sha256)})")
 
     def verify(self, sha256: str, progress: ProgressCallback | None = None) -> None:
         """Re-hash the object as stored in the bucket (the cache is not consulted)."""
@@ -479,7 +478,7 @@ class S3BlobStore:
             if token:
                 kwargs["ContinuationToken"] = token
             resp = self._call(action, self._client.list_objects_v2, **kwargs)
-            now = _server_time(resp)
+            now = server_time(resp)
             for obj in resp.get("Contents", []):
                 yield obj, now
             if not resp.get("IsTruncated"):
@@ -541,7 +540,7 @@ class S3BlobStore:
         Inside :meth:`collecting` a blob is kept (silently) when a live pending marker names it or
         it was modified after gc listed it: a writer on another machine is about to reference it.
         """
-        _check_sha(sha256)
+        check_sha(sha256)
         if self._collecting:
             live_shas, _, _ = self._pending()
             if sha256 in live_shas:
@@ -558,7 +557,7 @@ class S3BlobStore:
         try:
             self._client.delete_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _error_code(exc) in _MISSING:
+            if error_code(exc) in MISSING:
                 return
             raise self._fail(exc, action) from None
 
@@ -597,12 +596,12 @@ class S3BlobStore:
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
             data = resp["Body"].read(MAX_MARKER_BYTES + 1)
         except Exception as exc:
-            if _error_code(exc) in _MISSING:
+            if error_code(exc) in MISSING:
                 return set(), set()  # its writer finished meanwhile
             raise self._fail(exc, "reading a pending marker") from None
         try:
             doc = json.loads(data)
-            shas = {s for s in doc.get("shas", []) if isinstance(s, str) and _HEX64.fullmatch(s)}
+            shas = {s for s in doc.get("shas", []) if isinstance(s, str) and HEX64.fullmatch(s)}
             ups = {u for u in doc.get("uploads", []) if isinstance(u, str)}
         except (ValueError, TypeError, AttributeError, RecursionError):
             return set(), set()
@@ -696,198 +695,3 @@ class S3BlobStore:
                 self._collecting -= 1
                 if not self._collecting:
                     self._listed.clear()
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-def _make_client(endpoint: str | None, concurrency: int) -> S3Client:
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise DependencyMissingError(
-            "an s3:// blob store needs boto3, which is not installed",
-            hint="pip install 'softprompt-registry[s3]'",
-        ) from None
-    config = Config(
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=60,
-        max_pool_connections=max(10, concurrency + 2),
-        # The store sends its own SHA-256 per part and per object; no second (CRC) checksum on top.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint, config=config)
-
-
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        err = response.get("Error") or {}
-        code = err.get("Code")
-        if code:
-            return str(code)
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        if status:
-            return str(status)
-    return ""
-
-
-def _unsupported_condition(exc: BaseException) -> bool:
-    code = _error_code(exc)
-    return code in ("NotImplemented", "501") or (code in ("InvalidArgument", "400") and "If-None-Match" in str(exc))
-
-
-def translate_error(exc: BaseException, *, action: str, location: str, endpoint: str | None) -> Exception:
-    """One RegistryError, with the fix, for a boto3/botocore failure; other exceptions are returned as they are."""
-    try:
-        from botocore import exceptions as bx
-    except ImportError:  # pragma: no cover - boto3 is installed whenever a client exists
-        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
-    where = endpoint or "AWS S3"
-    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
-        return BlobStoreError(
-            f"no AWS credentials found for {location} ({action})",
-            hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance role",
-        )
-    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError,
-                        bx.ConnectTimeoutError, bx.ResponseStreamingError, bx.IncompleteReadError)):
-        return BlobStoreError(
-            f"the S3 endpoint {where} failed while {action} for {location}: {type(exc).__name__}",
-            hint="check AWS_ENDPOINT_URL / --s3-endpoint and the network, then run the command again "
-            "(nothing half-written is visible)",
-        )
-    if isinstance(exc, bx.ClientError):
-        code = _error_code(exc)
-        if code in ("NoSuchBucket",):
-            return NotFoundError(
-                f"bucket {location.split('/')[2]!r} does not exist at {where}",
-                hint="create it (aws s3 mb) or fix SPR_BLOB_URL / --blob-url and AWS_ENDPOINT_URL",
-            )
-        if code in _DENIED:
-            return BlobStoreError(
-                f"access denied to {location} while {action} ({code})",
-                hint="check the AWS credentials in use (AWS_PROFILE / AWS_ACCESS_KEY_ID) and that they may "
-                "s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the bucket",
-            )
-        message = str((exc.response.get("Error") or {}).get("Message") or code)
-        return BlobStoreError(
-            f"S3 at {where} refused {action} for {location}: {code}: {message}",
-            hint="see the server's message; run the command again once it is fixed",
-        )
-    if isinstance(exc, bx.BotoCoreError):
-        return BlobStoreError(f"the S3 client failed while {action} for {location}: {exc}", hint="run the command again")
-    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
-
-
-def _check_sha(sha256: str) -> None:
-    if not _HEX64.fullmatch(sha256):
-        raise UsageError(f"{sha256!r} is not a sha256 (64 lower-case hex digits)", hint="pass the blob's sha256")
-
-
-def _check_digest(actual: str, expected: str, where: str) -> None:
-    if actual != expected:
-        raise IntegrityError(
-            f"{where}: blob sha256:{expected} hashes to sha256:{actual}",
-            hint="the source changed or is damaged; nothing was stored; use an intact copy",
-            expected=expected,
-            found=actual,
-        )
-
-
-def _read_full(src: BinaryIO, size: int) -> bytes:
-    """Up to ``size`` bytes (fewer only at the end of the stream)."""
-    out = bytearray()
-    while len(out) < size:
-        data = src.read(size - len(out))
-        if not data:
-            break
-        out += data
-    return bytes(out)
-
-
-def _server_time(resp: dict[str, Any]) -> float:
-    # Ages are measured on the server's clock (its Date header) against its LastModified, so a
-    # skewed clock on this machine cannot make a live marker look stale.
-    try:
-        return parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return time.time()
-
-
-def _write_verified(
-    src: BinaryIO, sha256: str, destination: Path, mode: int, progress: ProgressCallback | None, *, where: str
-) -> None:
-    """Stream ``src`` into a temp file beside ``destination``, hashing; rename into place only when it matches."""
-    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=destination.parent)
-    tmp = Path(name)
-    try:
-        h = hashlib.sha256()
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        with os.fdopen(fd, "wb", buffering=0) as dst:
-            while n := src.readinto(buf):  # type: ignore[attr-defined]
-                h.update(view[:n])
-                dst.write(view[:n])
-                if progress is not None:
-                    progress(n)
-            os.fsync(dst.fileno())
-        if h.hexdigest() != sha256:
-            raise DigestMismatchError(
-                f"blob sha256:{sha256} from {where} hashes to sha256:{h.hexdigest()}; refusing to use it",
-                hint="the stored object was changed: run 'spr audit' and restore it from a backup or re-publish",
-                expected=sha256,
-                found=h.hexdigest(),
-            )
-        os.chmod(tmp, mode)
-        os.replace(tmp, destination)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-class _BodyReader(io.RawIOBase):
-    """A botocore streaming body as a raw binary stream; a body cut short is an error, never a short file."""
-
-    def __init__(self, body: Any, size: int, store: S3BlobStore, sha256: str) -> None:
-        self._body = body
-        self._size = size
-        self._read = 0
-        self._store = store
-        self._sha = sha256
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        try:
-            data = self._body.read(len(view))
-        except Exception as exc:
-            raise self._cut(exc) from None
-        n = len(data)
-        if n == 0 and self._read < self._size:
-            raise self._cut(None)
-        view[:n] = data
-        self._read += n
-        return n
-
-    def _cut(self, exc: BaseException | None) -> Exception:
-        if exc is not None and type(exc).__name__ not in ("IncompleteReadError", "ResponseStreamingError",
-                                                         "ProtocolError", "ReadTimeoutError"):
-            return self._store._fail(exc, f"downloading blob sha256:{self._sha}")
-        return BlobStoreError(
-            f"the download of blob sha256:{self._sha} from {self._store.location} was cut short "
-            f"after {self._read} of {self._size} bytes",
-            hint="check the network and run the command again; nothing was written",
-        )
-
-    def close(self) -> None:
-        try:
-            self._body.close()
-        finally:
-            super().close()
