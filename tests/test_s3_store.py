@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -281,23 +282,39 @@ def test_truncated_download(s3: S3Env, tmp_path: Path) -> None:
         proxy.down()
 
 
-def test_access_denied(s3: S3Env, tmp_path: Path) -> None:
-    """A bucket policy that denies PutObject; moto enforces bucket policies only for non-root callers.
+def test_access_denied(s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials that may read but not write: moto's server enforces IAM once told to (reset-auth)."""
+    import boto3
+    import requests
 
-    moto's server does not authenticate by default (any key is accepted as the account root), so
-    a Deny cannot be provoked here; what is checked is the translation of the server's 403 answer,
-    which is produced for real by signing with a secret the server does not accept when moto
-    enforces auth. When it does not, the test says so and skips.
-    """
-    from botocore.exceptions import ClientError
-
-    from registry.storage.s3 import translate_error
-
-    exc = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
-                       "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
-    err = translate_error(exc, action="uploading blob sha256:ab", location=s3.url, endpoint=s3.endpoint)
-    assert isinstance(err, BlobStoreError)
-    assert str(err).startswith(f"access denied to {s3.url} while uploading blob sha256:ab (AccessDenied); check the AWS")
+    iam = boto3.client("iam", endpoint_url=s3.endpoint, region_name="us-east-1",
+                       aws_access_key_id="spr-test-key", aws_secret_access_key="spr-test-secret")
+    user = f"reader-{s3.bucket}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="read-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}],
+    }))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    path, sha = write(tmp_path / "w", 100, seed=9)
+    S3BlobStore(s3.url).put_file(path)
+    other, sha2 = write(tmp_path / "v", 100, seed=19)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    store = make(s3)
+    previous = requests.post(f"{s3.endpoint}/moto-api/reset-auth", data=b"0", timeout=10).json()
+    try:
+        assert store.local_path(sha).read_bytes() == path.read_bytes()  # reading is allowed
+        with pytest.raises(BlobStoreError) as info:
+            store.put_file(other)
+    finally:
+        requests.post(f"{s3.endpoint}/moto-api/reset-auth",
+                      data=str(previous["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]).encode(), timeout=10)
+    text = str(info.value)
+    # (moto answers the HEAD before the upload with 403 already; AWS answers 404 there when the
+    # caller may ListBucket, and 403 on the PutObject: either way this one line)
+    assert re.match(rf"access denied to {s3.url} while (checking|uploading) blob sha256:{sha2} \(", text), text
+    assert "s3:PutObject" in text and key["SecretAccessKey"] not in text and "\n" not in text
 
 
 def test_incomplete_uploads_and_stale_markers(s3: S3Env, tmp_path: Path) -> None:
