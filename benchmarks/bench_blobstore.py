@@ -77,7 +77,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import boto3
-
     from bench_hub import make_lora
 
     root = Path(tempfile.mkdtemp(prefix="spr-bench-blobs-"))
@@ -187,22 +186,7 @@ def library_rows(
         return rows
 
     for kind in ("s3", "local"):
-        results = {}
-
-        def publish() -> None:
-            results["v"] = catalogue.publish(adapter, "bench/big")
-
-        pub = median_time(publish, args.runs, before=lambda k=kind: fresh_home(k))
-        dest = root / f"export-{kind}"
-
-        def export() -> None:
-            shutil.rmtree(dest, ignore_errors=True)
-            catalogue.export("bench/big", dest)
-
-        def uncache() -> None:
-            shutil.rmtree(Path(os.environ["SPR_HOME"]) / "cache", ignore_errors=True)
-
-        exp = median_time(export, args.runs, before=uncache)
+        pub, exp = big_publish_export(kind, root, adapter, args.runs, fresh_home)
         rows.append((f"spr publish 199 MB adapter, {kind} store", pub, plain_up))
         rows.append((f"spr export 199 MB adapter, {kind} store", exp, plain_down))
 
@@ -215,6 +199,24 @@ def library_rows(
         rate = args.small / (time.perf_counter() - t0)
         rows.append((f"small publishes (20x768 fp32), {kind} store", rate, 1.0))
     return rows
+
+
+def big_publish_export(
+    kind: str, root: Path, adapter: Path, runs: int, fresh_home: Callable[[str], None]
+) -> tuple[float, float]:
+    from registry import catalogue
+
+    pub = median_time(lambda: catalogue.publish(adapter, "bench/big"), runs, before=lambda: fresh_home(kind))
+    dest = root / f"export-{kind}"
+
+    def export() -> None:
+        shutil.rmtree(dest, ignore_errors=True)
+        catalogue.export("bench/big", dest)
+
+    def uncache() -> None:
+        shutil.rmtree(Path(os.environ["SPR_HOME"]) / "cache", ignore_errors=True)
+
+    return pub, median_time(export, runs, before=uncache)
 
 
 if __name__ == "__main__":
