@@ -187,7 +187,7 @@ def test_an_object_whose_bytes_do_not_hash_to_its_key(s3: S3Env, tmp_path: Path)
     dest = tmp_path / "out" / "f"
     with pytest.raises(DigestMismatchError, match="refusing to use it"):
         store.export(sha, dest)
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    assert not dest.parent.exists() or list(dest.parent.iterdir()) == []
     with pytest.raises(IntegrityError):
         store.local_path(sha)
     assert not store.cache_path(sha).exists() and list(store.cache_path(sha).parent.iterdir()) == []
@@ -271,7 +271,7 @@ def test_truncated_download(s3: S3Env, tmp_path: Path) -> None:
         with pytest.raises(BlobStoreError, match=r"was cut short|failed while downloading") as info:
             store.export(sha, dest)
         assert "run the command again" in str(info.value)
-        assert not dest.exists() and list(dest.parent.iterdir()) == []
+        assert not dest.parent.exists() or list(dest.parent.iterdir()) == []
         with pytest.raises(BlobStoreError):
             store.local_path(sha)
         assert not store.cache_path(sha).exists()

@@ -427,24 +427,29 @@ class S3BlobStore:
 
     def local_path(self, sha256: str) -> Path:
         """A verified local copy in the cache; the first call downloads, later calls make no request."""
+        return self._cached(sha256, None)[0]
+
+    def _cached(self, sha256: str, progress: ProgressCallback | None) -> tuple[Path, bool]:
+        """``(cache path, downloaded now)``."""
         check_sha(sha256)
         path = self.cache_path(sha256)
         if path.is_file():
-            return path
+            return path, False
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._download(sha256, path, mode=0o444, progress=None)
-        return path
+        self._download(sha256, path, mode=0o444, progress=progress)
+        return path, True
 
     def export(self, sha256: str, destination: Path, progress: ProgressCallback | None = None) -> None:
-        """Download a blob to ``destination`` atomically, re-hashing on the way (a cached copy is used when present)."""
-        check_sha(sha256)
+        """Copy a blob to ``destination`` atomically, re-hashing on the way.
+
+        Goes through the local cache (downloading into it first when needed), so a second export
+        or load of the same bytes on this machine downloads nothing.
+        """
+        cached, downloaded = self._cached(sha256, progress)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        cached = self.cache_path(sha256)
-        if cached.is_file():
-            with open(cached, "rb", buffering=0) as src:
-                write_verified(src, sha256, destination, 0o644, progress, where=f"the cached copy {cached}")
-            return
-        self._download(sha256, destination, mode=0o644, progress=progress)
+        with open(cached, "rb", buffering=0) as src:
+            write_verified(src, sha256, destination, 0o644, None if downloaded else progress,
+                           where=f"the cached copy {cached}")
 
     def _download(self, sha256: str, destination: Path, *, mode: int, progress: ProgressCallback | None) -> None:
         with self.open_read(sha256) as src:
