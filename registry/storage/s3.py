@@ -39,15 +39,12 @@ import io
 import json
 import os
 import re
-import socket
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -64,12 +61,14 @@ from registry.storage.s3_io import (
     HEX64,
     MISSING,
     BodyReader,
+    Marker,
     S3Client,
     b64,
     check_digest,
     check_sha,
     error_code,
     make_client,
+    parse_s3_url,
     read_full,
     server_time,
     translate_error,
@@ -85,54 +84,31 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_PENDING_TTL_SECONDS = 600.0  # a marker not refreshed for this long belongs to a dead writer
 MAX_MARKER_BYTES = 4 * MIB  # a marker read from the bucket is bounded like any other input
-MARKER_FORMAT = "softprompt-registry/pending/v1"
 
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]\Z")
 _BLOB_KEY = re.compile(r"sha256/([0-9a-f]{2})/([0-9a-f]{64})\Z")
 _MARKER_KEY = re.compile(r"pending/([0-9a-f]{32})\.json\Z")
 _UPLOAD_KEY = re.compile(r"(sha256/[0-9a-f]{2}/[0-9a-f]{64})\?uploadId=(.+)\Z")
 
 
 
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; raises :class:`UsageError` otherwise."""
-    if not url.startswith("s3://"):
-        raise UsageError(f"blob URL {url!r} is not an s3:// URL", hint="write it as s3://BUCKET or s3://BUCKET/PREFIX")
-    rest = url[len("s3://"):]
-    bucket, _, prefix = rest.partition("/")
-    prefix = prefix.strip("/")
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-        raise UsageError(
-            f"blob URL {url!r} does not name a valid bucket ({bucket!r})",
-            hint="bucket names are 3-63 lower-case letters, digits, dots and hyphens: s3://BUCKET/PREFIX",
-        )
-    parts = prefix.split("/") if prefix else []
-    if any(p in ("", ".", "..") or "\\" in p or any(ord(c) < 32 for c in p) for p in parts):
-        raise UsageError(f"blob URL {url!r} has a malformed prefix {prefix!r}", hint="use s3://BUCKET/a/b (no empty, '.' or '..' parts)")
-    return bucket, prefix
+_OPEN: dict[tuple[str | None, ...], S3BlobStore] = {}
+_OPEN_LOCK = threading.Lock()
 
 
-@dataclass
-class _Marker:
-    """One writer's pending-upload marker: what it stores or reuses until its catalogue commit."""
+def open_bucket(url: str) -> S3BlobStore:
+    """The store for ``url`` with the current settings; reused while the settings stay the same.
 
-    key: str
-    shas: list[str] = field(default_factory=list)
-    confirmed: list[str] = field(default_factory=list)  # found stored or uploaded: the commit will reference them
-    uploads: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def body(self) -> bytes:
-        doc = {
-            "format": MARKER_FORMAT,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "written_at": time.time(),
-            "shas": sorted(set(self.shas)),
-            "uploads": sorted(set(self.uploads)),
-        }
-        return json.dumps(doc, sort_keys=True).encode("utf-8")
+    A command opens its store several times (publish, then verify…): creating a boto3 client
+    costs tens of milliseconds, so one is kept per URL, endpoint and credential source (the
+    access key id or profile name, never the secret).
+    """
+    ident = (url, settings.s3_endpoint(), os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"),
+             os.environ.get("AWS_SHARED_CREDENTIALS_FILE"))
+    with _OPEN_LOCK:
+        store = _OPEN.get(ident)
+        if store is None:
+            store = _OPEN[ident] = S3BlobStore(url)
+        return store
 
 
 class S3BlobStore:
@@ -612,25 +588,25 @@ class S3BlobStore:
             return set(), set()
         return shas, ups
 
-    def _write_marker(self, marker: _Marker) -> None:
+    def _write_marker(self, marker: Marker) -> None:
         with marker.lock:
             body = marker.body()
             self._call("writing the pending-upload marker", self._client.put_object, Key=marker.key, Body=body)
 
     def _note(self, sha256: str) -> None:
-        marker: _Marker | None = getattr(self._local, "marker", None)
+        marker: Marker | None = getattr(self._local, "marker", None)
         if marker is None or sha256 in marker.shas:
             return
         marker.shas.append(sha256)
         self._write_marker(marker)  # named before the blob is checked or uploaded: gc sees it first
 
     def _confirm(self, sha256: str) -> None:
-        marker: _Marker | None = getattr(self._local, "marker", None)
+        marker: Marker | None = getattr(self._local, "marker", None)
         if marker is not None:
             marker.confirmed.append(sha256)
 
     def _note_upload(self, key: str, upload_id: str) -> None:
-        marker: _Marker | None = getattr(self._local, "marker", None)
+        marker: Marker | None = getattr(self._local, "marker", None)
         if marker is None:
             return
         marker.uploads.append(f"{key[len(self._base):]}?uploadId={upload_id}")
@@ -644,11 +620,11 @@ class S3BlobStore:
         meanwhile (only possible in a window of one request against a gc on another machine)
         raises :class:`IntegrityError` naming the fix: run the command again, which re-uploads it.
         """
-        outer: _Marker | None = getattr(self._local, "marker", None)
+        outer: Marker | None = getattr(self._local, "marker", None)
         if outer is not None:  # nested: the outer writer's marker already covers this thread
             yield
             return
-        marker = _Marker(key=f"{self._base}pending/{uuid.uuid4().hex}.json")
+        marker = Marker(key=f"{self._base}pending/{uuid.uuid4().hex}.json")
         self._write_marker(marker)
         self._local.marker = marker
         beat = threading.Thread(target=self._heartbeat, args=(marker,), daemon=True, name="spr-s3-heartbeat")
@@ -681,7 +657,7 @@ class S3BlobStore:
                 missing=gone,
             )
 
-    def _heartbeat(self, marker: _Marker) -> None:
+    def _heartbeat(self, marker: Marker) -> None:
         while not marker.stop.wait(self.heartbeat_seconds):
             try:
                 self._write_marker(marker)

@@ -8,10 +8,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import re
+import socket
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -37,6 +41,49 @@ DENIED = {
     "InvalidToken", "TokenRefreshRequired", "Forbidden", "403", "AccountProblem",
 }
 MISSING = {"NoSuchKey", "404", "NotFound"}
+MARKER_FORMAT = "softprompt-registry/pending/v1"
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]\Z")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; raises :class:`UsageError` otherwise."""
+    if not url.startswith("s3://"):
+        raise UsageError(f"blob URL {url!r} is not an s3:// URL", hint="write it as s3://BUCKET or s3://BUCKET/PREFIX")
+    rest = url[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise UsageError(
+            f"blob URL {url!r} does not name a valid bucket ({bucket!r})",
+            hint="bucket names are 3-63 lower-case letters, digits, dots and hyphens: s3://BUCKET/PREFIX",
+        )
+    parts = prefix.split("/") if prefix else []
+    if any(p in ("", ".", "..") or "\\" in p or any(ord(c) < 32 for c in p) for p in parts):
+        raise UsageError(f"blob URL {url!r} has a malformed prefix {prefix!r}", hint="use s3://BUCKET/a/b (no empty, '.' or '..' parts)")
+    return bucket, prefix
+
+
+@dataclass
+class Marker:
+    """One writer's pending-upload marker: what it stores or reuses until its catalogue commit."""
+
+    key: str
+    shas: list[str] = field(default_factory=list)
+    confirmed: list[str] = field(default_factory=list)  # found stored or uploaded: the commit will reference them
+    uploads: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def body(self) -> bytes:
+        doc = {
+            "format": MARKER_FORMAT,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "written_at": time.time(),
+            "shas": sorted(set(self.shas)),
+            "uploads": sorted(set(self.uploads)),
+        }
+        return json.dumps(doc, sort_keys=True).encode("utf-8")
 
 
 def b64(digest: bytes) -> str:
