@@ -109,7 +109,7 @@ def test_backup_from_a_bucket_and_restore_into_another(
     assert code == 0, err
     switch_home(monkeypatch, tmp_path / "restored")
     monkeypatch.setenv("SPR_BLOB_URL", team.url + "-restored")
-    code, out, err = spr(capsys, "restore", str(archive))
+    code, _out, err = spr(capsys, "restore", str(archive))
     assert code == 0, err
     assert len(team.keys("team-restored/sha256/")) == len(team.keys("team/sha256/"))
     assert spr(capsys, "export", "team/c@2", str(tmp_path / "out"))[0] == 0
@@ -137,7 +137,7 @@ def test_push_pull_and_sync_with_s3_blob_stores(
 
     switch_home(monkeypatch, tmp_path / "deploy2")
     monkeypatch.setenv("SPR_BLOB_URL", team.url + "-deploy2")
-    code, out, err = spr(capsys, "sync", str(tmp_path / "adapters.lock"), "--to", str(tmp_path / "srv"), "--frozen")
+    code, _out, err = spr(capsys, "sync", str(tmp_path / "adapters.lock"), "--to", str(tmp_path / "srv"), "--frozen")
     assert code == 0, err
     assert len(team.keys("team-deploy2/sha256/")) == 2
 
@@ -250,7 +250,7 @@ def test_concurrent_publishes_from_two_machines(s3: S3Env, tmp_path: Path) -> No
         p.stdin.write("\n")
         p.stdin.flush()
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     numbers = sorted(json.loads(line)["number"] for out, _ in outs for line in out.splitlines())
     assert numbers == list(range(1, 13))
@@ -278,7 +278,7 @@ def test_gc_on_one_machine_while_the_other_publishes_loses_nothing(s3: S3Env, tm
         done = spr_on(alice, "gc", "--yes", "--grace", "0")  # no grace period: only the markers protect
         assert done.returncode == 0, done.stderr
         collections += 1
-    out, err = publisher.communicate()
+    _out, err = publisher.communicate()
     assert publisher.returncode == 0, err
     assert collections >= 1
     done = spr_on(alice, "--json", "audit")
