@@ -105,7 +105,7 @@ def test_backup_from_a_bucket_and_restore_into_another(
     for i in range(2):
         assert spr(capsys, "publish", str(write_small_adapter(tmp_path / f"a{i}", seed=i)), "--name", "team/c")[0] == 0
     archive = tmp_path / "backup.tar"
-    code, out, err = spr(capsys, "backup", str(archive))
+    code, _out, err = spr(capsys, "backup", str(archive))
     assert code == 0, err
     switch_home(monkeypatch, tmp_path / "restored")
     monkeypatch.setenv("SPR_BLOB_URL", team.url + "-restored")
@@ -123,13 +123,13 @@ def test_push_pull_and_sync_with_s3_blob_stores(
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     adapter = write_small_adapter(tmp_path / "a", seed=3)
     assert spr(capsys, "publish", str(adapter), "--name", "team/coach")[0] == 0
-    code, out, err = spr(capsys, "push", "team/coach@1", "--repo", "team/coach")
+    code, _out, err = spr(capsys, "push", "team/coach@1", "--repo", "team/coach")
     assert code == 0, err
     assert spr(capsys, "lock", "team/coach@1", "-o", str(tmp_path / "adapters.lock"))[0] == 0
 
     switch_home(monkeypatch, tmp_path / "deploy")
     monkeypatch.setenv("SPR_BLOB_URL", team.url + "-deploy")
-    code, out, err = spr(capsys, "pull", "team/coach@v1", "--to", str(tmp_path / "pulled"))
+    code, _out, err = spr(capsys, "pull", "team/coach@v1", "--to", str(tmp_path / "pulled"))
     assert code == 0, err
     assert (tmp_path / "pulled" / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
     assert f"team-deploy/sha256/{weights_sha(adapter)[:2]}/{weights_sha(adapter)}" in team.keys("team-deploy/")
