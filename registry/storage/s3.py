@@ -592,6 +592,7 @@ class S3BlobStore:
         with marker.lock:
             body = marker.body()
             self._call("writing the pending-upload marker", self._client.put_object, Key=marker.key, Body=body)
+            marker.written = True
 
     def _note(self, sha256: str) -> None:
         marker: Marker | None = getattr(self._local, "marker", None)
@@ -625,7 +626,6 @@ class S3BlobStore:
             yield
             return
         marker = Marker(key=f"{self._base}pending/{uuid.uuid4().hex}.json")
-        self._write_marker(marker)
         self._local.marker = marker
         beat = threading.Thread(target=self._heartbeat, args=(marker,), daemon=True, name="spr-s3-heartbeat")
         beat.start()
@@ -642,7 +642,8 @@ class S3BlobStore:
                     self._check_recorded(marker.confirmed)
             finally:
                 try:
-                    self._delete(marker.key, "removing the pending-upload marker")
+                    if marker.written:
+                        self._delete(marker.key, "removing the pending-upload marker")
                 except Exception:
                     if ok:
                         raise
@@ -659,6 +660,8 @@ class S3BlobStore:
 
     def _heartbeat(self, marker: Marker) -> None:
         while not marker.stop.wait(self.heartbeat_seconds):
+            if not marker.written:
+                continue
             try:
                 self._write_marker(marker)
             except Exception:

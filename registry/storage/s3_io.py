@@ -71,6 +71,7 @@ class Marker:
     shas: list[str] = field(default_factory=list)
     confirmed: list[str] = field(default_factory=list)  # found stored or uploaded: the commit will reference them
     uploads: list[str] = field(default_factory=list)
+    written: bool = False  # created with the first blob named, not before (a writer that stores nothing costs nothing)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
