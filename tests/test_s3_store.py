@@ -159,14 +159,20 @@ def test_bytes_that_do_not_hash_to_the_key_store_nothing(s3: S3Env, tmp_path: Pa
 
 
 def test_local_path_is_a_verified_cache_and_the_second_call_downloads_nothing(s3: S3Env, tmp_path: Path) -> None:
-    store = make(s3)
+    publisher = make(s3)
     path, sha = write(tmp_path / "w", 6 * MIB, seed=5)
-    store.put_file(path)
+    published = counted(publisher)
+    publisher.put_file(path)
+    assert publisher.local_path(sha).read_bytes() == path.read_bytes()  # the bytes it sent were cached
+    assert published["GetObject"] == 0
+
+    store = make(s3, cache_dir=tmp_path / "other-machine-cache")  # a machine that did not publish it
     calls = counted(store)
     cached = store.local_path(sha)
-    assert cached == Path(os.environ["SPR_HOME"]) / "cache" / "blobs" / "sha256" / sha[:2] / sha
+    assert cached == tmp_path / "other-machine-cache" / "sha256" / sha[:2] / sha
     assert cached.read_bytes() == path.read_bytes()
     assert calls["GetObject"] == 1
+    assert publisher.cache_path(sha) == Path(os.environ["SPR_HOME"]) / "cache" / "blobs" / "sha256" / sha[:2] / sha
     s3.client.delete_object(Bucket=s3.bucket, Key=store.key(sha))  # the bucket can no longer serve it
     assert store.local_path(sha) == cached
     out = tmp_path / "exported"
@@ -178,9 +184,9 @@ def test_local_path_is_a_verified_cache_and_the_second_call_downloads_nothing(s3
 
 
 def test_an_object_whose_bytes_do_not_hash_to_its_key(s3: S3Env, tmp_path: Path) -> None:
-    store = make(s3)
     path, sha = write(tmp_path / "w", 3000, seed=6)
-    store.put_file(path)
+    make(s3).put_file(path)  # the publisher's cache holds its verified copy; another machine reads the bucket
+    store = make(s3, cache_dir=tmp_path / "other-machine-cache")
     s3.client.put_object(Bucket=s3.bucket, Key=store.key(sha), Body=b"tampered" * 100)  # behind spr's back
     with pytest.raises(DigestMismatchError, match=f"blob sha256:{sha} in s3://.* was changed"):
         store.verify(sha)
@@ -264,7 +270,7 @@ def test_truncated_download(s3: S3Env, tmp_path: Path) -> None:
     path, sha = write(tmp_path / "w", 2 * MIB, seed=8)
     S3BlobStore(s3.url).put_file(path)
     proxy = FaultProxy(s3.endpoint)
-    store = make(s3, endpoint_url=proxy.endpoint)
+    store = make(s3, endpoint_url=proxy.endpoint, cache_dir=tmp_path / "other-machine-cache")
     proxy.cut_responses_after(300_000)  # headers and the first ~300 kB of the body, then the socket closes
     dest = tmp_path / "out" / "f"
     try:

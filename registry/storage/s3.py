@@ -62,8 +62,11 @@ from registry.storage.s3_io import (
     MISSING,
     BodyReader,
     Marker,
+    Readable,
     S3Client,
+    TeeReader,
     b64,
+    cache_writer,
     check_digest,
     check_sha,
     error_code,
@@ -219,7 +222,8 @@ class S3BlobStore:
         """Store a file: hashed first (the key), then uploaded unless the bucket already has it.
 
         The upload re-hashes what it sends and refuses (stores nothing) when the file changed
-        between the two reads.
+        between the two reads. The bytes sent are also written to the local cache, so the
+        publisher's own later reads (``local_path``) download nothing.
         """
         sha, size = sha256_file(source)
         self._note(sha)
@@ -228,8 +232,10 @@ class S3BlobStore:
             if progress is not None:
                 progress(size)
             return sha, size
-        with open(source, "rb", buffering=0) as src:
-            sent = self._upload(src, sha, where=str(source), progress=progress)
+        cached = self.cache_path(sha)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb", buffering=0) as src, cache_writer(cached) as sink:
+            sent = self._upload(TeeReader(src, sink), sha, where=str(source), progress=progress)
         return sha, sent
 
     def link_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
@@ -260,7 +266,7 @@ class S3BlobStore:
             self._confirm(sha)
         return sha
 
-    def _upload(self, src: BinaryIO, expected: str, *, where: str, progress: ProgressCallback | None) -> int:
+    def _upload(self, src: Readable, expected: str, *, where: str, progress: ProgressCallback | None) -> int:
         key = self.key(expected)
         first = read_full(src, self.part_size)
         if len(first) < self.part_size:
@@ -300,7 +306,7 @@ class S3BlobStore:
                 raise self._fail(exc, action) from None
 
     def _multipart(
-        self, src: BinaryIO, first: bytes, key: str, expected: str, *, where: str, progress: ProgressCallback | None
+        self, src: Readable, first: bytes, key: str, expected: str, *, where: str, progress: ProgressCallback | None
     ) -> int:
         action = f"uploading blob sha256:{expected}"
         created = self._call(action, self._client.create_multipart_upload, Key=key, ChecksumAlgorithm="SHA256")

@@ -15,10 +15,12 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from registry.digest import CHUNK, ProgressCallback
 from registry.errors import (
@@ -85,6 +87,46 @@ class Marker:
             "uploads": sorted(set(self.uploads)),
         }
         return json.dumps(doc, sort_keys=True).encode("utf-8")
+
+
+class Readable(Protocol):
+    """Anything with ``read(n) -> bytes``: a file, a streaming body, a :class:`TeeReader`."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class TeeReader:
+    """Reads ``src`` and writes every byte read to ``sink`` as well (one read feeds two destinations)."""
+
+    def __init__(self, src: Readable, sink: BinaryIO) -> None:
+        self.src = src
+        self.sink = sink
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        if data:
+            self.sink.write(data)
+        return data
+
+
+@contextmanager
+def cache_writer(final: Path) -> Iterator[BinaryIO]:
+    """A temp file beside ``final``, renamed onto it (read-only) when the block succeeds, removed otherwise.
+
+    The caller guarantees the bytes are right (they were hashed against ``final``'s name).
+    """
+    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            yield sink
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def b64(digest: bytes) -> str:
@@ -188,7 +230,7 @@ def check_digest(actual: str, expected: str, where: str) -> None:
         )
 
 
-def read_full(src: BinaryIO, size: int) -> bytes:
+def read_full(src: Readable, size: int) -> bytes:
     """Up to ``size`` bytes (fewer only at the end of the stream)."""
     out = bytearray()
     while len(out) < size:
