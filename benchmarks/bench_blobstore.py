@@ -187,8 +187,8 @@ def library_rows(
 
     for kind in ("s3", "local"):
         pub, exp = big_publish_export(kind, root, adapter, args.runs, fresh_home)
-        rows.append((f"spr publish 199 MB adapter, {kind} store", pub, plain_up))
-        rows.append((f"spr export 199 MB adapter, {kind} store", exp, plain_down))
+        rows.append((f"spr publish {args.megabytes} MB adapter, {kind} store", pub, plain_up))
+        rows.append((f"spr export {args.megabytes} MB adapter, {kind} store", exp, plain_down))
 
     for kind in ("s3", "local"):
         fresh_home(kind)
