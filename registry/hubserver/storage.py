@@ -26,9 +26,10 @@ import json
 import os
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +38,7 @@ from registry.hubserver.errors import (
     BadRequest,
     Conflict,
     EntryNotFound,
+    HubServerError,
     PreconditionFailed,
     RepoNotFound,
     RevisionNotFound,
@@ -118,10 +120,25 @@ class RepoKey:
 
 @dataclass(frozen=True)
 class StoredObject:
-    """A blob in the object store."""
+    """A blob in the object store; ``created`` when this write put it there (it was not stored before)."""
 
     sha256: str
     size: int
+    created: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What :meth:`HubStorage.gc` found: objects no commit references, and upload leftovers."""
+
+    unreferenced: tuple[StoredObject, ...]
+    leftovers: tuple[Path, ...]
+    kept_young: int  # unreferenced but younger than the grace period (an upload in flight)
+    removed: bool
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.size for o in self.unreferenced)
 
 
 @dataclass(frozen=True)
@@ -247,6 +264,10 @@ class HubStorage:
         self._locks_guard = threading.Lock()
         self._commit_cache: dict[tuple[Path, str], Commit] = {}
         self._cache_guard = threading.Lock()
+        # Objects a request in this process has stored or found and may still commit: a refused
+        # commit never deletes one of these out from under another request.
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_guard = threading.Lock()
 
     # ------------------------------------------------------------------ objects
 
@@ -268,6 +289,7 @@ class HubStorage:
         sha256 = hashlib.sha256(data).hexdigest()
         existing = self.find_object(sha256)
         if existing is not None and existing.size == len(data):
+            self._hold(sha256)
             return existing
         tmp = self._tmp_path()
         try:
@@ -308,7 +330,7 @@ class HubStorage:
         Whatever was not finished is discarded when the block ends.
         """
         tmp = self._tmp_path()
-        handle = open(tmp, "wb")
+        handle = open(tmp, "wb")  # noqa: SIM115  (handed to the writer; closed below)
         try:
             yield ObjectWriter(handle, lambda sha256, size: self._install(tmp, sha256, size))
         finally:
@@ -331,9 +353,72 @@ class HubStorage:
     def _install(self, tmp: Path, sha256: str, size: int) -> StoredObject:
         target = self.object_path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
+        self._hold(sha256)
+        created = not target.exists()
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-        return StoredObject(sha256=sha256, size=size)
+        return StoredObject(sha256=sha256, size=size, created=created)
+
+    def _hold(self, sha256: str) -> None:
+        with self._in_flight_guard:
+            self._in_flight[sha256] = self._in_flight.get(sha256, 0) + 1
+
+    def release(self, objects: Iterable[StoredObject], *, discard: bool) -> None:
+        """A request is done with ``objects`` (each stored or found once by it).
+
+        With ``discard`` (the request was refused), the objects it created are deleted unless
+        another request in flight holds them or a commit references them: a refused commit leaves
+        nothing behind, so refused commits cannot fill the disk.
+        """
+        for obj in objects:
+            with self._in_flight_guard:
+                left = self._in_flight.get(obj.sha256, 0) - 1
+                if left > 0:
+                    self._in_flight[obj.sha256] = left
+                else:
+                    self._in_flight.pop(obj.sha256, None)
+                if discard and obj.created and left <= 0 and obj.sha256 not in self._referenced():
+                    self.object_path(obj.sha256).unlink(missing_ok=True)
+
+    def _referenced(self) -> set[str]:
+        """Every object sha256 that some commit of some repo references."""
+        found: set[str] = set()
+        for commit_file in (self.root / "repos").glob("*/*/*/commits/*.json"):
+            try:
+                data = json.loads(commit_file.read_bytes())
+                found.update(entry["sha256"] for entry in data["tree"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                # A commit we cannot read might reference anything: refuse to judge.
+                raise HubServerError(f"cannot read commit {commit_file}: {exc}; not deleting objects") from None
+        return found
+
+    def gc(self, *, grace_seconds: float = 3600.0, remove: bool = False) -> GcReport:
+        """Objects that no commit references and upload leftovers older than ``grace_seconds``.
+
+        Nothing is deleted unless ``remove``. Younger objects may belong to an upload whose commit
+        has not arrived yet (git-LFS uploads come before their commit), so they are kept.
+        """
+        cutoff = time.time() - grace_seconds
+        referenced = self._referenced()
+        unreferenced: list[StoredObject] = []
+        young = 0
+        for path in sorted((self.root / "objects" / "sha256").glob("*/*")):
+            if path.name in referenced or not path.is_file():
+                continue
+            st = path.stat()
+            with self._in_flight_guard:
+                busy = path.name in self._in_flight
+            if st.st_mtime > cutoff or busy:
+                young += 1
+                continue
+            unreferenced.append(StoredObject(path.name, st.st_size))
+        leftovers = [p for p in sorted((self.root / "tmp").glob("upload-*")) if p.stat().st_mtime <= cutoff]
+        if remove:
+            for obj in unreferenced:
+                self.object_path(obj.sha256).unlink(missing_ok=True)
+            for p in leftovers:
+                p.unlink(missing_ok=True)
+        return GcReport(tuple(unreferenced), tuple(leftovers), young, remove)
 
     # ------------------------------------------------------------------ repos
 
@@ -579,7 +664,7 @@ class HubStorage:
                 yield
                 return
             try:
-                handle = open(directory / ".lock", "a+b")
+                handle = open(directory / ".lock", "a+b")  # noqa: SIM115  (held for the lock's lifetime)
             except FileNotFoundError:
                 raise RepoNotFound(f"Repository not found: {key.repo_type} {key.repo_id}") from None
             with handle:

@@ -47,6 +47,8 @@ class Request:
             return json.loads(self.read_all() or b"null")
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("request body nests JSON too deeply") from None
 
     def json_object(self) -> dict[str, Any]:
         data = self.json()
