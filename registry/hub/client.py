@@ -58,8 +58,6 @@ class RepoSpec:
         return self.repo_id + (f"@{self.revision}" if self.revision else "")
 
 
-
-
 def parse_repo_spec(text: str) -> RepoSpec:
     """Parse ``NS/NAME[@REVISION]``. Raises :class:`UsageError` when malformed."""
     if not isinstance(text, str) or not text or len(text) > 400 or any(ord(c) < 32 for c in text):
@@ -79,7 +77,6 @@ def parse_repo_spec(text: str) -> RepoSpec:
             hint="for example team/coach@v3",
         )
     return RepoSpec(f"{namespace}/{name}", revision or None)
-
 
 
 def hub_cache_dir() -> Path:
@@ -130,7 +127,7 @@ class HubClient:
     (``token=False``) unless it is the configured endpoint (compared with
     :func:`normalise_endpoint`), and refuses it when it is plain ``http://`` and not loopback.
     This is the one place that decides who gets the token: every ``HfApi`` and
-    ``hf_hub_download`` call in this module takes it from :attr:`_token`.
+    ``hf_hub_download`` call in the Hub room takes it from :attr:`_token` (or :attr:`token`).
     Raises :class:`UsageError` for a refused recorded endpoint, :class:`HubError` when
     ``need_token`` and no token is set.
     """

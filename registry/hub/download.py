@@ -58,7 +58,6 @@ class ImportResult:
     version: VersionInfo = field(repr=False, compare=False)
 
 
-
 def pull(
     target: str,
     *,
@@ -287,7 +286,6 @@ def write_to(version: VersionInfo, destination: Path, *, db: str | None) -> Path
             hint="choose a new or empty directory",
         )
     return catalogue.export(version.ref, destination, db=db)
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,13 +112,13 @@ def _iso(moment: Any) -> str:
 
 
 def check_pushable(version: VersionInfo) -> None:
+    """Refuse a version with a file named like one push adds (:data:`RESERVED_PATHS`)."""
     for f in version.files:
         if f.path in RESERVED_PATHS:
             raise InvalidAdapterError(
                 f"{version.ref} has a file named {f.path!r}, which push needs for itself",
                 hint="re-publish the adapter without that file",
             )
-
 
 
 def parse_hub_manifest(data: bytes, *, repo_id: str, commit_sha: str, where: str) -> HubVersion:

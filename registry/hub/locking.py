@@ -46,7 +46,6 @@ class SyncResult:
     items: tuple[SyncItem, ...]
 
 
-
 def lock(
     refs: Sequence[str],
     output: Path | str | None = None,

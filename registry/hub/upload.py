@@ -43,7 +43,6 @@ class PushResult:
     tagged: bool  # False when the tag already existed
 
 
-
 def push(
     ref: str,
     repo_id: str,
