@@ -358,7 +358,8 @@ def check_task_type(adapter: AdapterFacts, base: BaseModelInfo) -> list[Finding]
 
 
 def _config_int(config: Mapping[str, Any], *keys: str) -> int | None:
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    nested = config.get("text_config")
+    text: Mapping[str, Any] = nested if isinstance(nested, dict) else config
     for key in keys:
         value = text.get(key, config.get(key))
         if isinstance(value, int) and not isinstance(value, bool):

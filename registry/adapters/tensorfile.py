@@ -15,7 +15,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -160,6 +160,7 @@ def read_tensor(path: Path, info: TensorInfo) -> np.ndarray:
     """Read one tensor as a numpy array (BF16 comes back as its raw uint16 bits; F8 as uint8)."""
     import numpy as np
 
+    dtype: np.dtype[Any]
     if info.dtype == "BF16":
         dtype = np.dtype("<u2")
     elif info.dtype.startswith("F8"):
