@@ -36,6 +36,11 @@ ALLOWED: dict[str, set[str]] = {
     "demo": {"storage", "adapters", "catalogue", "verification", "trust", "hub", "ml"},
     "hubserver": set(),
 }
+# Single imports allowed against the table, each with the reason (keep this short).
+EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("adapters", "registry.hub.remote_base"): "a base model named REPO[@REV] is read over the one Hub client "
+    "(range requests); imported inside basemodel.identify/inspect, only for remote specs",
+}
 HEAVY = ("torch", "transformers", "peft", "accelerate", "tokenizers")
 TORCH_ROOMS = {"ml", "demo"}
 MAX_LINES = 700
@@ -61,9 +66,10 @@ def _imports(tree: ast.AST, *, module_level_only: bool) -> Iterator[tuple[int, s
             for alias in node.names:
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "registry":
+            if node.module.split(".")[0] == "registry":
+                # `from registry.hub import remote_base` names the module registry.hub.remote_base
                 for alias in node.names:
-                    yield node.lineno, f"registry.{alias.name}"
+                    yield node.lineno, f"{node.module}.{alias.name}"
             else:
                 yield node.lineno, node.module
         elif module_level_only and isinstance(node, (ast.If, ast.Try)):
@@ -98,6 +104,8 @@ def test_rooms_import_only_the_rooms_below_them() -> None:
         for line, module in _imports(_parse(path), module_level_only=False):
             target = _target_room(module)
             if target is None or target == room or target == "core":
+                continue
+            if (room, module) in EXCEPTIONS:
                 continue
             if room == "hubserver" or target not in ALLOWED[room]:
                 problems.append(f"{path.relative_to(ROOT)}:{line}: room '{room}' imports {module}")

@@ -35,14 +35,12 @@ from registry.hubserver.errors import (
     RepoNotFound,
     Unauthorized,
 )
-from registry.hubserver.storage import (
-    DEFAULT_BRANCH,
+from registry.hubserver.records import (
     Change,
     Commit,
     DeleteFile,
     DeleteFolder,
     FileEntry,
-    HubStorage,
     PutFile,
     RepoKey,
     RepoRecord,
@@ -51,6 +49,7 @@ from registry.hubserver.storage import (
     lfs_pointer,
     tree_items,
 )
+from registry.hubserver.storage import DEFAULT_BRANCH, HubStorage
 from registry.hubserver.validation import (
     API_PLURALS,
     URL_PREFIXES,
@@ -58,7 +57,7 @@ from registry.hubserver.validation import (
     validate_repo_path,
     validate_sha256,
 )
-from registry.hubserver.wire import FileBody, Request, Response
+from registry.hubserver.wire import FileBody, Request, Response, parse_range
 
 LfsMode = Literal["regular", "auto"]
 LFS_MODES: tuple[str, ...] = ("regular", "auto")
@@ -642,38 +641,6 @@ def error_response(error: HubServerError) -> Response:
     body: dict[str, Any] = {"error": error.message}
     body.update(getattr(error, "extra", {}))
     return Response.json(body, status=error.status, headers=headers)
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """A single ``bytes=`` range as inclusive ``(start, end)``; None means "send everything".
-
-    Several ranges, or a header that is not a bytes range, are ignored (allowed by RFC 9110).
-    """
-    if not header:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first == "":
-            if not last:
-                return None
-            length = int(last)
-            if length <= 0:
-                return "unsatisfiable"
-            return (max(0, size - length), size - 1) if size else "unsatisfiable"
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start >= size:
-        return "unsatisfiable"
-    if start < 0 or end < start:
-        return None
-    return start, min(end, size - 1)
 
 
 def _tree_file(path: str, entry: FileEntry) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from registry.hubserver.errors import BadRequest
-from registry.hubserver.storage import HubStorage, ObjectWriter, StoredObject
+from registry.hubserver.records import StoredObject
+from registry.hubserver.storage import HubStorage, ObjectWriter
 from registry.hubserver.wire import MAX_JSON_BODY
 
 IN_MEMORY_LINE = 8 * 1024 * 1024
