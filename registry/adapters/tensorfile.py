@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+import itertools
+
 from registry.digest import parse_json_object
 from registry.errors import InvalidAdapterError
 
@@ -89,7 +91,7 @@ def parse_header_bytes(raw: bytes, header_length: int, file_size: int | None, wh
         tensors[name] = info = _tensor_info(name, entry, data_start, data_size, where)
         spans.append((info.begin, info.end, name))
     spans.sort()
-    for (b1, e1, n1), (b2, _e2, n2) in zip(spans, spans[1:]):
+    for (_b1, e1, n1), (b2, _e2, n2) in itertools.pairwise(spans):
         if b2 < e1:
             raise InvalidAdapterError(
                 f"{where}: tensors {n1!r} and {n2!r} overlap in the data buffer",
