@@ -116,7 +116,7 @@ def train(
     perplexity (tied to the held-out data's digest), the template and the parent. Ctrl-C stops
     training and publishes nothing (exit 130).
     """
-    from registry import catalogue
+    from registry.cli.inputs import parse_tags
     from registry.errors import UsageError
     from registry.ml import training
 
@@ -132,7 +132,7 @@ def train(
         lora_alpha=lora_alpha, lora_target_modules=lora_targets, device=device,
         allow_different_base=allow_different_base,
     )
-    parsed_tags = catalogue.parse_tags(tags)
+    parsed_tags = parse_tags(tags)
     with training_progress(True) as progress:
         if publish:
             assert name is not None

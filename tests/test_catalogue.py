@@ -13,7 +13,8 @@ from sqlalchemy import text
 
 from registry import catalogue, db, errors
 from registry.adapters.manifest import digest_of
-from registry.catalogue import PublishOptions, parse_eval
+from registry.catalogue import PublishOptions
+from registry.cli.inputs import parse_eval
 from registry.digest import sha256_file
 from registry.storage import LocalBlobStore
 
