@@ -135,11 +135,22 @@ def audit(
 def _hash_stream(f: BinaryIO, progress: ProgressCallback | None) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    while chunk := f.read(CHUNK):
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    readinto = getattr(f, "readinto", None)  # files have it (no copy per chunk); any stream has read()
+    while True:
+        if readinto is not None:
+            n = readinto(buf) or 0
+            chunk = view[:n]
+        else:
+            chunk = memoryview(f.read(CHUNK))
+            n = len(chunk)
+        if not n:
+            break
         h.update(chunk)
-        size += len(chunk)
+        size += n
         if progress is not None:
-            progress(len(chunk))
+            progress(n)
     return h.hexdigest(), size
 
 
