@@ -23,11 +23,34 @@ from registry.catalogue.changes import (
     set_alias,
 )
 from registry.catalogue.eventlog import GENESIS_HASH, event_hash, events, log_event, verify_event_chain
+from registry.catalogue.integrity import BlobRefs, CatalogueCheck, check_catalogue, referenced_blobs
 from registry.catalogue.publishing import MAX_TAGS, PublishOptions, export, import_manifest, publish
 from registry.catalogue.queries import get_version, lineage, list_versions, versions
 
 __all__ = [
-    "GENESIS_HASH", "MAX_TAGS", "EvalInput", "PublishOptions", "add_eval", "add_evals", "deprecate", "event_hash",
-    "events", "export", "get_version", "import_manifest", "lineage", "list_versions", "log_event", "publish",
-    "record_hub_copy", "remove_alias", "set_alias", "verify_event_chain", "versions",
+    "GENESIS_HASH",
+    "MAX_TAGS",
+    "BlobRefs",
+    "CatalogueCheck",
+    "EvalInput",
+    "PublishOptions",
+    "add_eval",
+    "add_evals",
+    "check_catalogue",
+    "deprecate",
+    "event_hash",
+    "events",
+    "export",
+    "get_version",
+    "import_manifest",
+    "lineage",
+    "list_versions",
+    "log_event",
+    "publish",
+    "record_hub_copy",
+    "referenced_blobs",
+    "remove_alias",
+    "set_alias",
+    "verify_event_chain",
+    "versions",
 ]

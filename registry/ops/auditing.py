@@ -20,8 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from registry.catalogue import verify_event_chain
-from registry.catalogue.integrity import BlobRefs, check_catalogue
+from registry.catalogue import BlobRefs, check_catalogue, verify_event_chain
 from registry.digest import CHUNK, PREFIX, ProgressCallback
 from registry.errors import NotFoundError
 from registry.storage import BlobStore, open_store

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from registry.catalogue.integrity import referenced_blobs
+from registry.catalogue import referenced_blobs
 from registry.errors import UsageError
 from registry.ops.defaults import DEFAULT_GRACE_SECONDS
 from registry.storage import BlobStore, open_store
