@@ -181,7 +181,7 @@ def test_unusable_specs_are_refused(spec: str) -> None:
 def test_malformed_directories_are_refused(tiny_bloom: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InvalidBaseModelError, match="no config.json"):
+    with pytest.raises(InvalidBaseModelError, match=r"no config\.json"):
         basemodel.identify(str(empty))
     bad = _copy(tiny_bloom, tmp_path / "badcfg")
     (bad / "config.json").write_text("{not json")

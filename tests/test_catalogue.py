@@ -162,7 +162,7 @@ def test_no_api_edits_a_published_version(adapter: Path) -> None:
         "UPDATE event SET actor = 'mallory' WHERE id = 1",
         "DELETE FROM event",
     ):
-        with pytest.raises(Exception, match="immutable|append-only"), engine.begin() as conn:
+        with pytest.raises(Exception, match=r"immutable|append-only"), engine.begin() as conn:
             conn.execute(text(statement))
     assert catalogue.get_version("coach@1") == catalogue.get_version("coach@1")
     assert catalogue.get_version("coach@1").digest == v.digest

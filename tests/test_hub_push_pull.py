@@ -205,7 +205,7 @@ def test_a_tag_holding_another_version_is_never_moved(
     a = catalogue.publish(prompt_tuning_random, "local/a").version.ref
     b = catalogue.publish(prompt_tuning_text, "local/b").version.ref
     hub.push(a, REPO, endpoint=hub_server.url)
-    with pytest.raises(HubError, match="tag v1 of team/coach .* already holds another version"):
+    with pytest.raises(HubError, match=r"tag v1 of team/coach .* already holds another version"):
         hub.push(b, REPO, endpoint=hub_server.url)
     assert catalogue.get_version(b).hub_copies == ()
 
