@@ -28,6 +28,7 @@ from safetensors.numpy import load_file
 
 from registry.demo import toymodels
 from registry.errors import InvalidBaseModelError, UsageError
+from registry.ml import data
 
 # tiny models never touch the catalogue: run once, in the SQLite half.
 pytestmark = pytest.mark.backend_independent
@@ -304,7 +305,9 @@ def test_training_lowers_held_out_loss_deterministically(tmp_path: Path, tiny_bl
 
 def test_prompt_completion_masks_the_prompt(tiny_bloom: Path) -> None:
     tok = toymodels.load_tokenizer(tiny_bloom)
-    [(ids, labels)] = toymodels._encode_examples([{"prompt": "Human: hi\n", "completion": "Hello."}], tok, seq2seq=False, max_length=64)
+    examples = toymodels.to_examples([{"prompt": "Human: hi\n", "completion": "Hello."}])
+    [encoded], _ = data.encode_examples(examples, tok, template=None, seq2seq=False, max_length=64)
+    ids, labels = encoded.input_ids, encoded.labels
     n_prompt = len(tok("Human: hi\n")["input_ids"])
     assert labels[:n_prompt] == [-100] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tok.eos_token_id

@@ -1,4 +1,4 @@
-"""Training defaults and choices, torch-free: the library and the CLI read them from here.
+"""Training and evaluation defaults and choices, torch-free: the library and the CLI read them from here.
 
 ``spr train``'s option defaults and choices (``cli/train_cmds.py``) and :class:`registry.ml.training.TrainConfig`
 use the same constants, so they cannot drift apart. Importing this module imports no torch.
@@ -32,11 +32,28 @@ DEFAULT_DEVICE = "auto"
 DEVICES = ("auto", "cpu", "cuda")
 MAX_CURVE_POINTS = 1000  # a loss curve of a long run is thinned to about this many logged steps
 
+METRICS: dict[str, str] = {
+    "loss": "eval_loss",
+    "perplexity": "perplexity",
+    "exact-match": "exact_match",
+    "rouge-l": "rouge_l",
+}
+"""``spr eval --metric`` choices and the metric name each is recorded under."""
+
+GENERATION_METRICS = ("exact-match", "rouge-l")
+DEFAULT_EVAL_BATCH_SIZE = 8
+DEFAULT_EVAL_NEW_TOKENS = 64  # generation length for exact-match / rouge-l
+DEFAULT_GENERATE_NEW_TOKENS = 32
+TUTORIAL_REPETITION_PENALTY = 1.5  # the tutorials' generate() setting
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_DEVICE",
     "DEFAULT_EPOCHS",
+    "DEFAULT_EVAL_BATCH_SIZE",
+    "DEFAULT_EVAL_NEW_TOKENS",
     "DEFAULT_EVAL_SPLIT",
+    "DEFAULT_GENERATE_NEW_TOKENS",
     "DEFAULT_LORA_DROPOUT",
     "DEFAULT_LORA_R",
     "DEFAULT_LR",
@@ -46,7 +63,10 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "DEFAULT_VIRTUAL_TOKENS",
     "DEVICES",
+    "GENERATION_METRICS",
     "INITS",
     "MAX_CURVE_POINTS",
     "METHODS",
+    "METRICS",
+    "TUTORIAL_REPETITION_PENALTY",
 ]

@@ -115,6 +115,7 @@ __all__ = [
     "split_heldout",
     "train",
     "train_and_publish",
+    "train_steps",
     "write_examples_jsonl",
 ]
 
@@ -392,6 +393,7 @@ def make_trainer(
     total_steps: int,
     progress: ProgressCallback | None = None,
     callbacks: Sequence[Any] = (),
+    lr_scheduler: str | None = None,
 ) -> tuple[Any, TrainingLog]:
     """The ``transformers.Trainer`` that ``spr train`` runs, and the log it fills.
 
@@ -399,6 +401,7 @@ def make_trainer(
     logged every step up to :data:`MAX_CURVE_POINTS` points), a padding collator that counts
     tokens, and a callback that records the loss curve and step times, reports progress and stops a
     diverged run (:class:`UsageError`). Exposed so the benchmark measures exactly this trainer.
+    ``lr_scheduler`` overrides transformers' schedule (``"constant"`` for :func:`train_steps`).
     """
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -456,6 +459,7 @@ def make_trainer(
         label_names=["labels"],
         dataloader_pin_memory=False,
         dataloader_num_workers=0,
+        lr_scheduler_type=lr_scheduler or "linear",  # "linear" is transformers' default
     )
     train_set = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_encoded]
     with quiet():
@@ -464,6 +468,42 @@ def make_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgress)
     return trainer, log
+
+
+def train_steps(
+    model: Any,
+    encoded: Sequence[Encoded],
+    *,
+    pad_id: int,
+    seq2seq: bool,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str = "cpu",
+    lr_scheduler: str = "constant",
+) -> list[float]:
+    """Train ``model`` (a PEFT model, or a whole base) for ``steps`` optimizer steps; returns the logged losses.
+
+    The same seeded ``Trainer`` as ``spr train`` (:func:`make_trainer`), with a ``lr_scheduler``
+    schedule (constant by default): the toy models of :mod:`registry.demo` are trained with it, so
+    there is one training loop. Nothing is saved; the model is left in eval mode.
+    """
+    if steps < 1:
+        raise UsageError(f"steps must be at least 1, got {steps}")
+    config = TrainConfig(dataset=Path(os.devnull), lr=lr, batch_size=batch_size, seed=seed, max_steps=steps)
+    with tempfile.TemporaryDirectory(prefix="spr-steps-") as work:
+        trainer, log = make_trainer(
+            model, encoded, config=config, pad_id=pad_id, seq2seq=seq2seq, device=device, output_dir=Path(work),
+            total_steps=steps, lr_scheduler=lr_scheduler,
+        )
+        try:
+            with quiet():
+                trainer.train()
+        finally:
+            _current_step.clear()
+    model.eval()
+    return [value for _, value in log.curve]
 
 
 def _train_in(
