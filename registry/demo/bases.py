@@ -303,8 +303,9 @@ def make_base_model(
     ``pretrain_steps > 0`` trains the whole model (AdamW, lr 3e-3, batch 16, seeded) on
     ``pretrain_texts`` (default :data:`PRETRAIN_SENTENCES`, which leaves out the held-out rows)
     before saving, so that it writes readable, memorised English instead of byte noise: useful
-    for a demo that prints generations. It costs about 35 ms per step for the default bloom on
-    two CPU cores (300 steps: about 11 s, loss about 0.1); the fixtures leave it at 0.
+    for a demo that prints generations (300 steps on the default bloom: loss about 0.1). Training
+    runs through :func:`registry.ml.training.train_steps`, the ``Trainer`` of ``spr train``, at a
+    constant learning rate; the fixtures leave it at 0.
 
     The tokenizer is copied from ``tokenizer_dir`` when given, else trained with
     :func:`train_tokenizer` on :data:`DEMO_SENTENCES`. ``vocab_size`` defaults to the tokenizer's
