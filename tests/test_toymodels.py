@@ -186,7 +186,7 @@ def test_make_base_model_rejects_bad_arguments(tmp_path: Path, tiny_tokenizer: P
         toymodels.make_base_model(tmp_path / "z", vocab_size=10, tokenizer_dir=tiny_tokenizer)
     with pytest.raises(UsageError, match="num_kv_heads"):
         toymodels.make_base_model(tmp_path / "w", arch="bloom", num_kv_heads=2, tokenizer_dir=tiny_tokenizer)
-    with pytest.raises(UsageError, match="tokenizer.json"):
+    with pytest.raises(UsageError, match=r"tokenizer\.json"):
         toymodels.make_base_model(tmp_path / "v", tokenizer_dir=tmp_path)
     # Nothing half-made is left behind (the vocab check fails after the tokenizer was copied).
     assert sorted(p.name for p in tmp_path.iterdir()) == []
