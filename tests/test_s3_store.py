@@ -20,7 +20,14 @@ import pytest
 from s3_fixtures import *  # noqa: F403  (the s3_server and s3 fixtures)
 from s3_fixtures import FaultProxy, S3Env
 
-from registry.errors import BlobStoreError, DigestMismatchError, IntegrityError, NotFoundError, UsageError
+from registry.errors import (
+    BlobInUseError,
+    BlobStoreError,
+    DigestMismatchError,
+    IntegrityError,
+    NotFoundError,
+    UsageError,
+)
 from registry.storage import BlobStore
 from registry.storage.s3 import MIB, S3BlobStore, parse_s3_url
 
@@ -374,7 +381,8 @@ def test_gc_on_another_machine_keeps_what_a_live_marker_names(s3: S3Env, tmp_pat
         assert writer.reuse(sha)  # about to reference it in a catalogue row
         with collector.collecting():
             assert [b.key for b in collector.iter_blobs()] == [sha]
-            collector.remove(sha)  # gc decided it is unreferenced; the marker says otherwise
+            with pytest.raises(BlobInUseError):
+                collector.remove(sha)  # gc decided it is unreferenced; the marker says otherwise
         assert writer.has(sha)
     with collector.collecting():
         list(collector.iter_blobs())
@@ -390,7 +398,8 @@ def test_gc_keeps_a_blob_rewritten_after_it_was_listed(s3: S3Env, tmp_path: Path
         list(collector.iter_blobs())
         time.sleep(1.1)  # LastModified has one-second resolution
         s3.client.put_object(Bucket=s3.bucket, Key=store.key(sha), Body=data)  # stored again meanwhile
-        collector.remove(sha)
+        with pytest.raises(BlobInUseError):
+            collector.remove(sha)
     assert store.has(sha)
 
 
@@ -402,7 +411,7 @@ def test_the_heartbeat_keeps_a_long_writer_live(s3: S3Env, tmp_path: Path) -> No
         writer.reuse(sha)
         time.sleep(4.5)  # longer than the ttl: only the heartbeat keeps the marker fresh
         assert list(collector.iter_incomplete()) == []
-        with collector.collecting():
+        with collector.collecting(), pytest.raises(BlobInUseError):
             collector.remove(sha)
         assert writer.has(sha)
 
@@ -430,7 +439,8 @@ def test_a_killed_writers_marker_goes_stale_and_gc_then_cleans_up(s3: S3Env, tmp
         collector = make(s3, pending_ttl_seconds=2.0)
         with collector.collecting():
             list(collector.iter_blobs())
-            collector.remove(sha)
+            with pytest.raises(BlobInUseError):
+                collector.remove(sha)
         assert collector.has(sha)  # the writer is alive
     finally:
         proc.kill()  # kill -9: no cleanup runs

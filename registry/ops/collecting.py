@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from registry.catalogue import referenced_blobs
-from registry.errors import UsageError
+from registry.errors import BlobInUseError, UsageError
 from registry.ops.defaults import DEFAULT_GRACE_SECONDS
 from registry.storage import BlobStore, open_store
 
@@ -78,6 +78,9 @@ def _gc(store: BlobStore, db: str | None, dry_run: bool, grace_seconds: float) -
                     kept += 1
                     continue
                 store.remove(blob.key)
+            except BlobInUseError:  # a writer elsewhere named it in its pending marker (S3): keep it
+                kept += 1
+                continue
             except OSError:
                 continue
         removed.append(blob.key)

@@ -46,11 +46,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar
 
 from registry import settings
 from registry.digest import CHUNK, ProgressCallback, sha256_file
 from registry.errors import (
+    BlobInUseError,
     DigestMismatchError,
     IntegrityError,
     NotFoundError,
@@ -243,7 +244,7 @@ class S3BlobStore:
         return self.put_file(source, progress)
 
     def put_stream(
-        self, src: BinaryIO, expected_sha256: str, *, where: str, progress: ProgressCallback | None = None
+        self, src: IO[bytes], expected_sha256: str, *, where: str, progress: ProgressCallback | None = None
     ) -> int:
         """Store ``src``'s bytes under ``expected_sha256``; :class:`IntegrityError` (nothing stored) if they differ.
 
@@ -524,20 +525,21 @@ class S3BlobStore:
     def remove(self, sha256: str) -> None:
         """Delete a blob (missing is fine).
 
-        Inside :meth:`collecting` a blob is kept (silently) when a live pending marker names it or
-        it was modified after gc listed it: a writer on another machine is about to reference it.
+        Inside :meth:`collecting` a blob is kept, with :class:`BlobInUseError`, when a live pending
+        marker names it or it was stored again after gc listed it: a writer on another machine is
+        about to reference it.
         """
         check_sha(sha256)
         if self._collecting:
             live_shas, _, _ = self._pending()
             if sha256 in live_shas:
-                return
+                raise BlobInUseError(f"blob sha256:{sha256} is named by a live pending-upload marker; kept")
             head = self._head(self.key(sha256), f"checking blob sha256:{sha256}")
             if head is None:
                 return
             listed = self._listed.get(sha256)
             if listed is not None and head["LastModified"].timestamp() > listed:
-                return
+                raise BlobInUseError(f"blob sha256:{sha256} was stored again after gc listed it; kept")
         self._delete(self.key(sha256), f"deleting blob sha256:{sha256}")
 
     def _delete(self, key: str, action: str) -> None:
