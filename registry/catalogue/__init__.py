@@ -23,7 +23,7 @@ from registry.catalogue.changes import (
     set_alias,
 )
 from registry.catalogue.eventlog import GENESIS_HASH, event_hash, events, log_event, verify_event_chain
-from registry.catalogue.integrity import BlobRefs, CatalogueCheck, check_catalogue, referenced_blobs
+from registry.catalogue.integrity import BlobRefs, CatalogueCheck, blob_referenced, check_catalogue, referenced_blobs
 from registry.catalogue.publishing import MAX_TAGS, PublishOptions, export, import_manifest, publish
 from registry.catalogue.queries import get_version, lineage, list_versions, versions
 
@@ -36,6 +36,7 @@ __all__ = [
     "PublishOptions",
     "add_eval",
     "add_evals",
+    "blob_referenced",
     "check_catalogue",
     "deprecate",
     "event_hash",

@@ -122,6 +122,16 @@ class BlobStore(Protocol):
         """
         ...
 
+    def in_use(self) -> frozenset[str]:
+        """Blobs that live writers have named and not yet committed, writers on other machines included.
+
+        For each blob gc reads this, then asks the catalogue, then deletes: a writer names a blob
+        before relying on it and commits before it stops naming it, so one of the two reads sees
+        it. A store whose ``collecting`` lock keeps every writer out (local) answers an empty set;
+        one that cannot lock (S3) answers from the writers' pending markers.
+        """
+        ...
+
     def remove(self, sha256: str) -> None:
         """Delete a blob (missing is fine).
 

@@ -522,6 +522,10 @@ class S3BlobStore:
         elif _MARKER_KEY.fullmatch(key):
             self._delete(self._base + key, "removing a stale pending marker")
 
+    def in_use(self) -> frozenset[str]:
+        """The blobs live pending markers name (read now: one LIST, and a GET per marker not seen before)."""
+        return frozenset(self._pending()[0])
+
     def remove(self, sha256: str) -> None:
         """Delete a blob (missing is fine).
 
