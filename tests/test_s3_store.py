@@ -186,8 +186,13 @@ def test_local_path_is_a_verified_cache_and_the_second_call_downloads_nothing(s3
     store.export(sha, out)  # export reads the verified cached copy, re-hashing it
     assert out.read_bytes() == path.read_bytes()
     assert calls["GetObject"] == 1
+    store.verify(sha)  # the bytes this machine uses: the cached copy, re-hashed
     with pytest.raises(NotFoundError, match="missing from the blob store s3://"):
-        store.verify(sha)  # verify always asks the bucket
+        store.verify_remote(sha)  # the bucket's bytes (spr audit, spr blobs verify)
+    os.chmod(cached, 0o644)
+    cached.write_bytes(b"changed on this machine")
+    with pytest.raises(DigestMismatchError, match=f"the cached copy {cached} of blob sha256:{sha} was changed"):
+        store.verify(sha)
 
 
 def test_an_object_whose_bytes_do_not_hash_to_its_key(s3: S3Env, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import huggingface_hub.hf_api  # noqa: F401  (the hub_server fixture patches it)
 import pytest
 from hub_fixtures import HUB_TOKEN
 from ops_support import switch_home, write_small_adapter

@@ -91,7 +91,8 @@ def verify_blobs(
                 todo.append((sha, st.size))
     for sha, size in todo:
         try:
-            store.verify(sha, progress)
+            # the stored bytes themselves, not a local cached copy of them (S3)
+            getattr(store, "verify_remote", store.verify)(sha, progress)
         except NotFoundError:
             problems.append(f"sha256:{sha}: missing from {store.location}")
             continue

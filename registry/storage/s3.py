@@ -439,6 +439,27 @@ class S3BlobStore:
             write_verified(src, sha256, destination, mode, progress, where=f"{self.location} ({self.key(sha256)})")
 
     def verify(self, sha256: str, progress: ProgressCallback | None = None) -> None:
+        """Re-hash the bytes this store hands out on this machine.
+
+        That is the cached copy when there is one (what ``export``/``local_path``/``load`` use: a
+        second ``load`` downloads nothing), else the object in the bucket. :meth:`verify_remote`
+        always re-hashes the bucket's bytes (``spr audit`` and ``spr blobs verify`` do).
+        """
+        check_sha(sha256)
+        cached = self.cache_path(sha256)
+        if cached.is_file():
+            actual, _ = sha256_file(cached, progress)
+            if actual != sha256:
+                raise DigestMismatchError(
+                    f"the cached copy {cached} of blob sha256:{sha256} was changed (it hashes to sha256:{actual})",
+                    hint=f"delete {cached}; the next use downloads a verified copy from {self.location}",
+                    expected=sha256,
+                    found=actual,
+                )
+            return
+        self.verify_remote(sha256, progress)
+
+    def verify_remote(self, sha256: str, progress: ProgressCallback | None = None) -> None:
         """Re-hash the object as stored in the bucket (the cache is not consulted)."""
         h = hashlib.sha256()
         buf = bytearray(CHUNK)
