@@ -14,29 +14,23 @@ the multipart upload is completed only when it matches, so a reader never sees a
 object under a blob's key. Small blobs are one ``PutObject`` with the whole object's
 ``ChecksumSHA256``. Writes are conditional (``If-None-Match: *``) where the server supports it.
 
-Reads. :meth:`S3BlobStore.open_read` streams; :meth:`~S3BlobStore.export` and
-:meth:`~S3BlobStore.verify` re-hash the streamed bytes; :meth:`~S3BlobStore.local_path` downloads
-once into a verified cache (``$SPR_HOME/cache/blobs``) and serves later calls from it without a
-request.
+Reads. :meth:`S3BlobStore.open_read` streams; :meth:`~S3BlobStore.local_path` and
+:meth:`~S3BlobStore.export` go through a verified local cache (``$SPR_HOME/cache/blobs``: each
+blob downloaded once per machine, hashed on the way); :meth:`~S3BlobStore.verify` re-hashes the
+bytes this machine uses, :meth:`~S3BlobStore.verify_remote` the bucket's.
 
-Garbage collection across machines. There is no lock a bucket can give, so writers announce
-themselves: :meth:`~S3BlobStore.writing` keeps a *pending marker* ``<prefix>/pending/<uuid>.json``
-that names every blob the writer stores or reuses (written before the blob is checked or
-uploaded) and every multipart upload it has open, refreshed by a heartbeat while it runs and
-deleted after the catalogue commit. Inside :meth:`~S3BlobStore.collecting` (gc),
-:meth:`~S3BlobStore.remove` re-reads the live markers just before each delete and keeps any blob
-one names, and any blob modified since gc listed it. A marker whose heartbeat stopped (a killed
-process) is stale after ``pending_ttl`` seconds and is then an ordinary leftover for gc. On leaving
-``writing()`` normally the writer checks that every blob it recorded still exists and says so if
-not (re-running the command uploads it again), closing the last window. See the README ("Teams:
-blobs in S3").
+Garbage collection across machines: there is no lock a bucket can give, so :meth:`writing`
+keeps a *pending marker* ``<prefix>/pending/<uuid>.json`` naming every blob the writer stores or
+reuses (before it checks or uploads it) and its open multipart uploads, refreshed by a heartbeat
+and deleted after the commit; gc reads the markers (:meth:`in_use`) before the catalogue for each
+candidate, and :meth:`remove` re-reads them. The protocol and its one remaining window are in
+the README ("Teams: blobs in S3").
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import threading
@@ -59,7 +53,6 @@ from registry.errors import (
 )
 from registry.storage import BlobStat
 from registry.storage.s3_io import (
-    HEX64,
     MISSING,
     BodyReader,
     Marker,
@@ -72,6 +65,7 @@ from registry.storage.s3_io import (
     check_sha,
     error_code,
     make_client,
+    parse_marker,
     parse_s3_url,
     read_full,
     server_time,
@@ -203,10 +197,6 @@ class S3BlobStore:
             if error_code(exc) in MISSING:
                 return None
             raise self._fail(exc, action) from None
-
-    def check_access(self) -> None:
-        """One cheap request that fails the way every later one would (bucket, credentials, network)."""
-        self._call("listing the bucket", self._client.list_objects_v2, Prefix=self._base + "sha256/", MaxKeys=1)
 
     # ------------------------------------------------------------------ writing
 
@@ -613,13 +603,7 @@ class S3BlobStore:
             if error_code(exc) in MISSING:
                 return set(), set()  # its writer finished meanwhile
             raise self._fail(exc, "reading a pending marker") from None
-        try:
-            doc = json.loads(data)
-            shas = {s for s in doc.get("shas", []) if isinstance(s, str) and HEX64.fullmatch(s)}
-            ups = {u for u in doc.get("uploads", []) if isinstance(u, str)}
-        except (ValueError, TypeError, AttributeError, RecursionError):
-            return set(), set()
-        return shas, ups
+        return parse_marker(data)
 
     def _write_marker(self, marker: Marker) -> None:
         with marker.lock:

@@ -129,6 +129,17 @@ def cache_writer(final: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def parse_marker(data: bytes) -> tuple[set[str], set[str]]:
+    """``(shas, uploads)`` named by a pending marker's JSON; a malformed marker names nothing."""
+    try:
+        doc = json.loads(data)
+        shas = {s for s in doc.get("shas", []) if isinstance(s, str) and HEX64.fullmatch(s)}
+        ups = {u for u in doc.get("uploads", []) if isinstance(u, str)}
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return set(), set()
+    return shas, ups
+
+
 def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
