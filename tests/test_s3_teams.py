@@ -343,3 +343,21 @@ def test_cli_options_and_one_line_errors(s3: S3Env, tmp_path: Path) -> None:
     # the retry, once the cause is fixed, succeeds
     done = spr_on(env, "--blob-url", s3.url, "--s3-endpoint", s3.endpoint, "publish", str(other), "--name", "t/b")
     assert done.returncode == 0, done.stderr
+
+
+def test_blobs_migrate_moves_a_local_store_up(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(3):
+        assert spr(capsys, "publish", str(write_small_adapter(tmp_path / f"a{i}", seed=i)), "--name", "team/m")[0] == 0
+    code, out, err = spr(capsys, "--json", "blobs", "migrate", "--to", s3.url)
+    report = json.loads(out)
+    assert code == 0, err
+    assert report["copied"] == 6 and report["skipped"] == 0 and report["damaged"] == []
+    code, out, err = spr(capsys, "blobs", "migrate", "--to", s3.url)  # resumable: nothing left to copy
+    assert code == 0 and "copied 0 blob(s)" in err and "6 already there" in err
+    monkeypatch.setenv("SPR_BLOB_URL", s3.url)  # the team moves up
+    assert spr(capsys, "audit")[0] == 0
+    assert spr(capsys, "blobs", "verify")[0] == 0
+    code, _out, err = spr(capsys, "export", "team/m@3", str(tmp_path / "out"))
+    assert code == 0, err
