@@ -166,7 +166,7 @@ def browse_adapters(
                 select(VersionRow.adapter_id, func.count())
                 .where(VersionRow.adapter_id.in_(adapter_ids))
                 .group_by(VersionRow.adapter_id)
-            ).tuples().all()
+            ).all()
         ) if adapter_ids else {}
         scores = _latest_scores(session, version_ids)
         items = tuple(
@@ -285,7 +285,7 @@ def dataset_names(digests: Sequence[str], *, db: str | None = None) -> dict[str,
             d: n
             for d, n in session.execute(
                 select(DatasetRow.digest, DatasetRow.name).where(DatasetRow.digest.in_(list(digests)[:MAX_PAGE]))
-            ).tuples()
+            )
             if n
         }
 
