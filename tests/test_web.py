@@ -21,10 +21,10 @@ from cli_support import spr
 
 pytest.importorskip("starlette", reason="spr ui needs the [ui] extra (starlette)")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from registry import catalogue  # noqa: E402
-from registry.web import create_app  # noqa: E402
+from registry import catalogue
+from registry.web import create_app
 
 # Attacker-controlled text: a script element, an attribute handler, and a value that tries to
 # break out of an attribute (it lands in option values, hrefs and SVG attributes).

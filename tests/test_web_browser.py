@@ -68,7 +68,7 @@ def site(tmp_path: Path) -> Iterator[str]:
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("spr ui did not start: " + (proc.stderr.read().decode() if proc.stderr else ""))
+                    raise RuntimeError("spr ui did not start: " + (proc.stderr.read().decode() if proc.stderr else "")) from None
                 time.sleep(0.2)
         yield url
     finally:

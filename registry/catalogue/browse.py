@@ -149,35 +149,39 @@ def browse_adapters(
                 exists().where(AliasRow.adapter_id == AdapterRow.id, AliasRow.alias == _bounded(alias, "alias"))
             )
         base = (
-            select(AdapterRow, VersionRow, BaseModelRow.name)
+            select(
+                AdapterRow.id.label("adapter_id"), AdapterRow.namespace, AdapterRow.name, VersionRow.id,
+                VersionRow.number, VersionRow.digest, VersionRow.status, VersionRow.peft_type,
+                VersionRow.num_virtual_tokens, VersionRow.description, VersionRow.tags_json, VersionRow.created_by,
+                VersionRow.created_at, BaseModelRow.name.label("base_model"),
+            )
+            .select_from(AdapterRow)
             .join(VersionRow, VersionRow.id == latest_id)
             .outerjoin(BaseModelRow, VersionRow.base_model_id == BaseModelRow.id)
             .where(*conditions)
         )
         total = session.scalar(select(func.count()).select_from(base.with_only_columns(AdapterRow.id).subquery())) or 0
-        rows = session.execute(
-            base.order_by(AdapterRow.namespace, AdapterRow.name).limit(limit).offset(offset)
-        ).all()
-        adapter_ids = [a.id for a, _, _ in rows]
-        version_ids = [v.id for _, v, _ in rows]
+        rows = session.execute(base.order_by(AdapterRow.namespace, AdapterRow.name).limit(limit).offset(offset)).all()
+        adapter_ids = [r.adapter_id for r in rows]
         aliases = _aliases_of(session, adapter_ids)
-        counts = dict(
-            session.execute(
+        counts: dict[int, int] = {}
+        if adapter_ids:
+            for adapter_id, count in session.execute(
                 select(VersionRow.adapter_id, func.count())
                 .where(VersionRow.adapter_id.in_(adapter_ids))
                 .group_by(VersionRow.adapter_id)
-            ).all()
-        ) if adapter_ids else {}
-        scores = _latest_scores(session, version_ids)
+            ):
+                counts[adapter_id] = count
+        scores = _latest_scores(session, [r.id for r in rows])
         items = tuple(
             AdapterListing(
-                namespace=a.namespace, name=a.name, versions=counts.get(a.id, 0), latest_number=v.number,
-                latest_digest=v.digest, status=v.status, peft_type=v.peft_type,
-                num_virtual_tokens=v.num_virtual_tokens, base_model=bname, description=v.description,
-                tags=_json_object(v.tags_json), aliases=aliases.get(a.id, {}), latest_scores=scores.get(v.id, ()),
-                created_by=v.created_by, created_at=_utc(v.created_at),
+                namespace=r.namespace, name=r.name, versions=counts.get(r.adapter_id, 0), latest_number=r.number,
+                latest_digest=r.digest, status=r.status, peft_type=r.peft_type,
+                num_virtual_tokens=r.num_virtual_tokens, base_model=r.base_model, description=r.description,
+                tags=_json_object(r.tags_json), aliases=aliases.get(r.adapter_id, {}),
+                latest_scores=scores.get(r.id, ()), created_by=r.created_by, created_at=_utc(r.created_at),
             )
-            for a, v, bname in rows
+            for r in rows
         )
         return AdapterPage(items=items, total=total, limit=limit, offset=offset)
 
@@ -262,8 +266,9 @@ def browse_events(
         return EventPage(items=items, total=total, limit=limit, offset=offset)
 
 
-def facets(*, db: str | None = None, cap: int = 200) -> Facets:
-    """Distinct namespaces, base model names, PEFT types and event actors (at most ``cap`` each)."""
+def facets(*, db: str | None = None, cap: int = 200, actors: bool = False) -> Facets:
+    """Distinct namespaces, base model names and PEFT types, and with ``actors`` the event actors
+    (at most ``cap`` each; actors cost a scan of the event log, so only the audit page asks)."""
     with session_scope(db) as session:
         def distinct(column: Any) -> tuple[str, ...]:
             return tuple(v for v in session.scalars(select(column).distinct().order_by(column).limit(cap)) if v)
@@ -272,7 +277,7 @@ def facets(*, db: str | None = None, cap: int = 200) -> Facets:
             namespaces=distinct(AdapterRow.namespace),
             base_models=distinct(BaseModelRow.name),
             methods=distinct(VersionRow.peft_type),
-            actors=distinct(EventRow.actor),
+            actors=distinct(EventRow.actor) if actors else (),
         )
 
 
@@ -317,6 +322,7 @@ def _tag_condition(session: Session, tag: str) -> ColumnElement[bool]:
     if not key:
         raise UsageError(f"invalid tag filter {tag!r}: expected KEY or KEY=VALUE")
     # SQLite stores JSON as text and reads it with json_extract; PostgreSQL needs a cast to json.
+    tags: Any
     if session.get_bind().dialect.name == "postgresql":
         tags = cast(VersionRow.tags_json, JSON)
     else:

@@ -107,7 +107,7 @@ def create_app(*, db: str | None = None, token: str | None = None) -> ASGIApp:
 
     def page(handler: Any, as_json: bool) -> Any:
         def endpoint(request: Request) -> Response:
-            return handler(request, as_json)  # type: ignore[no-any-return]
+            return handler(request, as_json)
 
         return endpoint
 

@@ -126,14 +126,13 @@ def lineage_svg(
                                    f"{_digest12(d.digest)}{recs}", dataset_href(d.digest),
                                    f"training dataset {d.name or ''} {d.digest}")
                 edges.append((node, target, "dataset"))
-            for key, score in version.latest_scores().items():
+            for score in version.latest_scores().values():
                 label = score.dataset_name or _digest12(score.dataset) or "unnamed eval data"
                 target = side_node("eval:" + (score.dataset or score.dataset_name or ""), "evaldata", y,
-                                   "eval " + label, f"{_digest12(score.dataset)}" or "-",
+                                   "eval " + label, _digest12(score.dataset) or "-",
                                    evals_href(version.full_name), f"eval data {label} {score.dataset or ''}")
                 if (node, target, "evaldata") not in edges:
                     edges.append((node, target, "evaldata"))
-                del key
         if previous is not None:
             edges.append((previous, node, "parent" if previous_verified else "unverified"))
         previous = node
@@ -148,11 +147,11 @@ def lineage_svg(
         f'viewBox="0 0 {width} {height}" role="img" aria-label="lineage of {escape(lineage.version.ref)}" '
         f'font-family="system-ui, sans-serif" font-size="12">'
     ]
-    for a, b, kind in edges:
+    for src, dst, kind in edges:
         if kind in ("parent", "unverified"):
-            x1, y1, x2, y2 = a.x + 24, a.y + NODE_H, b.x + 24, b.y
+            x1, y1, x2, y2 = src.x + 24, src.y + NODE_H, dst.x + 24, dst.y
         else:
-            x1, y1, x2, y2 = a.x + NODE_W, a.y + NODE_H // 2, b.x, b.y + NODE_H // 2
+            x1, y1, x2, y2 = src.x + NODE_W, src.y + NODE_H // 2, dst.x, dst.y + NODE_H // 2
         colour = COLOURS.get(kind, COLOURS["version"])[1] if kind != "parent" else "#3563c9"
         dash = ' stroke-dasharray="6 4"' if kind == "unverified" else ""
         opacity = "1" if kind in ("parent", "unverified") else "0.45"

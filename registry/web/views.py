@@ -258,7 +258,7 @@ class Views:
             if report is not None:
                 data["audit"] = report
             return JSONPage(data)
-        facets = browse.facets(db=self.db)
+        facets = browse.facets(db=self.db, actors=True)
         return self.page(request, "audit.html", page=page, filters=filters, facets=facets, report=report,
                          params={**filters, "limit": limit if limit != PAGE_SIZE else None}, check=check)
 
