@@ -72,9 +72,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_ui(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_ui(home: Path, port: int, cache_seconds: float) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SPR_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "registry.cli.main", "ui", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "registry.cli.main", "ui", "--port", str(port),
+                             "--cache-seconds", str(cache_seconds)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     while True:
@@ -145,11 +146,18 @@ def main() -> None:
 
     env = {**os.environ, "SPR_HOME": str(home)}
     spr = [sys.executable, "-m", "registry.cli.main"]
-    fresh_process([*spr, "show", "--json", "team/adapter-7@42"], env)  # warm the page cache
+    fresh_process([*spr, "show", "--json", "team/adapter-7@42"], env)  # warm the OS file cache
     show = median_seconds(lambda: fresh_process([*spr, "show", "--json", "team/adapter-7@42"], env), args.runs)
 
+    for cache_seconds in (0.0, 2.0):
+        run_pages(home, n_adapters, args, cache_seconds)
+    print(f"\nbaseline, same run: `spr show --json team/adapter-7@42` as a fresh process, median of {args.runs}: "
+          f"{show * 1000:.1f} ms")
+
+
+def run_pages(home: Path, n_adapters: int, args: argparse.Namespace, cache_seconds: float) -> None:
     port = free_port()
-    proc = start_ui(home, port)
+    proc = start_ui(home, port, cache_seconds)
     try:
         kinds: dict[str, Callable[[random.Random], str]] = {
             "adapter list, first page": lambda rng: "/",
@@ -160,7 +168,8 @@ def main() -> None:
         }
         for paths in kinds.values():  # warm-up: engine, templates, page cache
             load(port, paths, 2, 8)
-        print(f"\n{args.clients} concurrent clients, {args.requests} requests per page kind, time to first byte:")
+        cache = f"page cache {cache_seconds:g} s" if cache_seconds else "page cache off (--cache-seconds 0)"
+        print(f"\n{cache}; {args.clients} concurrent clients, {args.requests} requests per page kind, time to first byte:")
         print(f"  {'page':<36} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for name, paths in kinds.items():
             t0 = time.perf_counter()
@@ -173,8 +182,6 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    print(f"\nbaseline, same run: `spr show --json team/adapter-7@42` as a fresh process, median of {args.runs}: "
-          f"{show * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

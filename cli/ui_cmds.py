@@ -25,8 +25,10 @@ def _is_loopback(host: str) -> bool:
 @click.option("--token", envvar="SPR_UI_TOKEN", metavar="TOKEN",
               help="Require this token on every request (login form or 'Authorization: Bearer'); "
                    "default $SPR_UI_TOKEN. Needed to listen beyond loopback.")
+@click.option("--cache-seconds", default=2.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="Reuse a rendered page this long while nothing in the catalogue changes (0: never).")
 @pass_app
-def ui(app: AppContext, host: str, port: int, token: str | None) -> None:
+def ui(app: AppContext, host: str, port: int, token: str | None, cache_seconds: float) -> None:
     """Serve a read-only web catalogue: adapters, versions, lineage graphs, eval plots, the audit log.
 
     Every page has a JSON twin under /api/. Nothing can be changed from it.
@@ -52,5 +54,5 @@ def ui(app: AppContext, host: str, port: int, token: str | None) -> None:
     catalogue.list_versions(db=app.db, limit=1)  # fail now, with the usual message, if the catalogue cannot be opened
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"spr ui: http://{shown}:{port}/  (read-only; Ctrl+C stops it)", err=True)
-    uvicorn.run(create_app(db=app.db, token=token), host=host, port=port, log_level="warning",
+    uvicorn.run(create_app(db=app.db, token=token, cache_seconds=cache_seconds), host=host, port=port, log_level="warning",
                 server_header=False, proxy_headers=False)

@@ -292,6 +292,31 @@ def test_token_guards_every_page(populated: dict[str, str]) -> None:
                       headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 413
 
 
+def test_a_cached_page_follows_every_catalogue_change(populated: dict[str, str], client: TestClient) -> None:
+    assert "prod→v2" in client.get("/").text
+    catalogue.set_alias("team/coach@1", "prod")  # a write: it appends an event
+    assert "prod→v1" in client.get("/").text
+
+
+def test_a_change_around_the_catalogue_shows_within_the_cache_lifetime(populated: dict[str, str]) -> None:
+    from sqlalchemy import select, update
+
+    from registry import db
+    from registry.models import AliasRow, VersionRow
+
+    client = TestClient(create_app(cache_seconds=0.5))
+    assert "prod→v2" in client.get("/").text
+    with db.session_scope(write=True) as session:  # what an intruder would do: no event
+        v1 = session.scalar(select(VersionRow.id).where(VersionRow.digest == catalogue.get_version("team/coach@1").digest))
+        session.execute(update(AliasRow).where(AliasRow.alias == "prod").values(version_id=v1))
+    uncached = TestClient(create_app(cache_seconds=0))
+    assert "prod→v1" in uncached.get("/").text
+    deadline = time.monotonic() + 10
+    while "prod→v1" not in client.get("/").text:
+        assert time.monotonic() < deadline, "the cached page never expired"
+        time.sleep(0.1)
+
+
 def test_pages_never_import_torch(populated: dict[str, str], tmp_path: Path) -> None:
     script = (
         "import sys\n"

@@ -273,12 +273,33 @@ def facets(*, db: str | None = None, cap: int = 200, actors: bool = False) -> Fa
         def distinct(column: Any) -> tuple[str, ...]:
             return tuple(v for v in session.scalars(select(column).distinct().order_by(column).limit(cap)) if v)
 
+        def distinct_indexed(column: Any) -> tuple[str, ...]:
+            # A few values over many rows (PEFT types of 100,000 versions): one index seek per
+            # value instead of scanning the whole index.
+            found: list[str] = []
+            while len(found) < cap:
+                query = select(func.min(column))
+                if found:
+                    query = query.where(column > found[-1])
+                value = session.scalar(query)
+                if value is None:
+                    break
+                found.append(value)
+            return tuple(found)
+
         return Facets(
-            namespaces=distinct(AdapterRow.namespace),
+            namespaces=distinct_indexed(AdapterRow.namespace),
             base_models=distinct(BaseModelRow.name),
-            methods=distinct(VersionRow.peft_type),
+            methods=distinct_indexed(VersionRow.peft_type),
             actors=distinct(EventRow.actor) if actors else (),
         )
+
+
+def change_marker(*, db: str | None = None) -> int:
+    """The id of the newest audit event (0 when none): every catalogue write appends one in its
+    own transaction, so a cached page keyed on this value is stale as soon as anything changes."""
+    with session_scope(db) as session:
+        return session.scalar(select(func.max(EventRow.id))) or 0
 
 
 def dataset_names(digests: Sequence[str], *, db: str | None = None) -> dict[str, str]:
@@ -377,5 +398,5 @@ def _utc(value: datetime) -> datetime:
 
 __all__ = [
     "AdapterListing", "AdapterPage", "EvalPoint", "EventPage", "Facets", "browse_adapters", "browse_events",
-    "dataset_names", "eval_history", "facets",
+    "change_marker", "dataset_names", "eval_history", "facets",
 ]

@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -28,6 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry.catalogue import browse
 from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.web.views import Views
 
@@ -98,16 +102,71 @@ class Guard:
         return False
 
 
-def create_app(*, db: str | None = None, token: str | None = None) -> ASGIApp:
+class PageCache:
+    """Rendered pages for a few seconds, keyed on the URL and the catalogue's newest event.
+
+    Every catalogue write appends an event in its own transaction, so any change makes every
+    cached page miss at once; the short lifetime bounds how long a change made around the
+    catalogue (a row edited by hand: what ``spr audit`` exists to catch) can stay unseen.
+    Identical requests from many clients (the first page of the list, a popular lineage) then cost
+    one query instead of a render. Audit runs (``?check=1``) are never cached.
+    """
+
+    MAX_ENTRIES = 256
+    MAX_BODY = 1 << 20
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._pages: OrderedDict[tuple[Any, ...], tuple[float, int, int, str, bytes]] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...], marker: int) -> Response | None:
+        with self._lock:
+            entry = self._pages.get(key)
+            if entry is None:
+                return None
+            expires, seen, status, content_type, body = entry
+            if seen != marker or expires < time.monotonic():
+                del self._pages[key]
+                return None
+            self._pages.move_to_end(key)
+        return Response(body, status_code=status, headers={"content-type": content_type})
+
+    def put(self, key: tuple[Any, ...], marker: int, response: Response) -> None:
+        body = bytes(response.body)
+        if response.status_code != 200 or len(body) > self.MAX_BODY:
+            return
+        with self._lock:
+            self._pages[key] = (time.monotonic() + self.seconds, marker, response.status_code,
+                                response.headers.get("content-type", "text/html; charset=utf-8"), body)
+            self._pages.move_to_end(key)
+            while len(self._pages) > self.MAX_ENTRIES:
+                self._pages.popitem(last=False)
+
+
+def create_app(*, db: str | None = None, token: str | None = None, cache_seconds: float = 2.0) -> ASGIApp:
     """The web catalogue for the catalogue at ``db`` (default: the configured one).
 
     ``token``: when set, every request needs it (bearer header, or the cookie set by ``/login``).
+    ``cache_seconds``: how long a rendered page may be reused while the catalogue's event log has
+    not moved (0 turns the cache off); see :class:`PageCache`.
     """
     views = Views(db, auth=bool(token))
+    cache = PageCache(cache_seconds) if cache_seconds > 0 else None
 
     def page(handler: Any, as_json: bool) -> Any:
         def endpoint(request: Request) -> Response:
-            return handler(request, as_json)
+            if cache is None or request.query_params.get("check"):
+                response: Response = handler(request, as_json)
+                return response
+            key = (as_json, request.url.path, request.url.query)
+            marker = browse.change_marker(db=db)
+            hit = cache.get(key, marker)
+            if hit is not None:
+                return hit
+            response = handler(request, as_json)
+            cache.put(key, marker, response)
+            return response
 
         return endpoint
 
