@@ -1,11 +1,12 @@
 """Web catalogue performance (issue 16): time to first byte of `spr ui` pages under load.
 
-    python benchmarks/bench_ui.py [--versions 100000] [--clients 16] [--requests 480]
+    python benchmarks/bench_ui.py [--versions 100000] [--clients 16] [--requests 480] [--workers 1 2]
 
 Fills a catalogue of ``--versions`` versions (1,000 adapters of 100 versions, one eval score per
 version, a ``prod`` alias per adapter, a depth-50 lineage chain on ``team/adapter-0``) in bulk, the
 way ``bench_catalogue.py`` does; starts ``spr ui`` as its own process (one uvicorn worker, as a user
-runs it); then ``--clients`` threads, each with a keep-alive connection, request one kind of page
+runs it, then ``--workers 2``), each with its page cache off and on; then ``--clients`` threads,
+each with a keep-alive connection, request one kind of page
 ``--requests`` times in all, and the time from sending a request to reading its status line and
 headers (time to first byte) is recorded. Pages: the adapter list (first page, and a page deep in
 the list with a filter), a version page (random adapter and version), and the depth-50 lineage page.
@@ -72,10 +73,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_ui(home: Path, port: int, cache_seconds: float) -> subprocess.Popen[bytes]:
+def start_ui(home: Path, port: int, cache_seconds: float, workers: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SPR_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "registry.cli.main", "ui", "--port", str(port),
-                             "--cache-seconds", str(cache_seconds)],
+                             "--cache-seconds", str(cache_seconds), "--workers", str(workers)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     while True:
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=480, help="requests per page kind")
     parser.add_argument("--runs", type=int, default=7, help="fresh `spr show` processes to time")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="spr ui --workers values to measure")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="spr-bench-ui-"))
@@ -149,15 +151,16 @@ def main() -> None:
     fresh_process([*spr, "show", "--json", "team/adapter-7@42"], env)  # warm the OS file cache
     show = median_seconds(lambda: fresh_process([*spr, "show", "--json", "team/adapter-7@42"], env), args.runs)
 
-    for cache_seconds in (0.0, 2.0):
-        run_pages(home, n_adapters, args, cache_seconds)
+    for workers in args.workers:
+        for cache_seconds in (0.0, 2.0):
+            run_pages(home, n_adapters, args, cache_seconds, workers)
     print(f"\nbaseline, same run: `spr show --json team/adapter-7@42` as a fresh process, median of {args.runs}: "
           f"{show * 1000:.1f} ms")
 
 
-def run_pages(home: Path, n_adapters: int, args: argparse.Namespace, cache_seconds: float) -> None:
+def run_pages(home: Path, n_adapters: int, args: argparse.Namespace, cache_seconds: float, workers: int) -> None:
     port = free_port()
-    proc = start_ui(home, port, cache_seconds)
+    proc = start_ui(home, port, cache_seconds, workers)
     try:
         kinds: dict[str, Callable[[random.Random], str]] = {
             "adapter list, first page": lambda rng: "/",
@@ -169,7 +172,7 @@ def run_pages(home: Path, n_adapters: int, args: argparse.Namespace, cache_secon
         for paths in kinds.values():  # warm-up: engine, templates, page cache
             load(port, paths, 2, 8)
         cache = f"page cache {cache_seconds:g} s" if cache_seconds else "page cache off (--cache-seconds 0)"
-        print(f"\n{cache}; {args.clients} concurrent clients, {args.requests} requests per page kind, time to first byte:")
+        print(f"\n--workers {workers}, {cache}; {args.clients} concurrent clients, {args.requests} requests per page kind, time to first byte:")
         print(f"  {'page':<36} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for name, paths in kinds.items():
             t0 = time.perf_counter()

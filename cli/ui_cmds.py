@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+from typing import Any
 
 import click
 
@@ -27,8 +29,10 @@ def _is_loopback(host: str) -> bool:
                    "default $SPR_UI_TOKEN. Needed to listen beyond loopback.")
 @click.option("--cache-seconds", default=2.0, show_default=True, type=click.FloatRange(0, 3600),
               help="Reuse a rendered page this long while nothing in the catalogue changes (0: never).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes (each with its own page cache); more use more cores.")
 @pass_app
-def ui(app: AppContext, host: str, port: int, token: str | None, cache_seconds: float) -> None:
+def ui(app: AppContext, host: str, port: int, token: str | None, cache_seconds: float, workers: int) -> None:
     """Serve a read-only web catalogue: adapters, versions, lineage graphs, eval plots, the audit log.
 
     Every page has a JSON twin under /api/. Nothing can be changed from it.
@@ -54,5 +58,11 @@ def ui(app: AppContext, host: str, port: int, token: str | None, cache_seconds: 
     catalogue.list_versions(db=app.db, limit=1)  # fail now, with the usual message, if the catalogue cannot be opened
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"spr ui: http://{shown}:{port}/  (read-only; Ctrl+C stops it)", err=True)
-    uvicorn.run(create_app(db=app.db, token=token, cache_seconds=cache_seconds), host=host, port=port, log_level="warning",
-                server_header=False, proxy_headers=False)
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "server_header": False,
+                               "proxy_headers": False}
+    if workers == 1:
+        uvicorn.run(create_app(db=app.db, token=token, cache_seconds=cache_seconds), **options)
+        return
+    # Worker processes import the app by name and read their settings from the environment.
+    os.environ.update({"SPR_UI_DB": app.db or "", "SPR_UI_TOKEN": token or "", "SPR_UI_CACHE_SECONDS": str(cache_seconds)})
+    uvicorn.run("registry.web.app:app_from_environment", factory=True, workers=workers, **options)

@@ -345,23 +345,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_spr_ui_serves_over_http(populated: dict[str, str]) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_spr_ui_serves_over_http(populated: dict[str, str], workers: int) -> None:
     import httpx
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "registry.cli.main", "ui", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    token = "http-test-token"
+    proc = subprocess.Popen([sys.executable, "-m", "registry.cli.main", "ui", "--port", str(port), "--workers", str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "SPR_UI_TOKEN": token})
+    url = f"http://127.0.0.1:{port}/v/team/coach@prod"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/v/team/coach@prod", timeout=5)
+                response = httpx.get(url, timeout=5, headers={"Authorization": f"Bearer {token}"})
                 break
             except httpx.TransportError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode() if proc.stderr else ""
                 time.sleep(0.2)
         assert response.status_code == 200 and "team/coach" in response.text
         assert "server" not in response.headers
+        assert httpx.get(url, timeout=5, follow_redirects=False).status_code == 303  # the token holds in every worker
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -219,6 +220,17 @@ def create_app(*, db: str | None = None, token: str | None = None, cache_seconds
         exception_handlers={HTTPException: on_http, RegistryError: on_registry, Exception: on_crash},
     )
     return Guard(app, token)
+
+
+def app_from_environment() -> ASGIApp:
+    """The app for each worker process of ``spr ui --workers N`` (uvicorn imports it by name):
+    the catalogue URL, token and cache lifetime come from ``SPR_UI_DB``, ``SPR_UI_TOKEN`` and
+    ``SPR_UI_CACHE_SECONDS``, which ``spr ui`` sets before starting the workers."""
+    return create_app(
+        db=os.environ.get("SPR_UI_DB") or None,
+        token=os.environ.get("SPR_UI_TOKEN") or None,
+        cache_seconds=float(os.environ.get("SPR_UI_CACHE_SECONDS") or 2.0),
+    )
 
 
 def _login(views: Views, token: str | None) -> Any:
