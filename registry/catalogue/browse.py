@@ -128,6 +128,7 @@ def browse_adapters(
             .scalar_subquery()
         )
         conditions: list[ColumnElement[bool]] = []
+        version_level = bool(query or base_model or method or tag)
         if query:
             pattern = "%" + _like_escape(_bounded(query, "search text").lower()) + "%"
             conditions.append(
@@ -160,7 +161,13 @@ def browse_adapters(
             .outerjoin(BaseModelRow, VersionRow.base_model_id == BaseModelRow.id)
             .where(*conditions)
         )
-        total = session.scalar(select(func.count()).select_from(base.with_only_columns(AdapterRow.id).subquery())) or 0
+        if version_level:
+            total = session.scalar(select(func.count()).select_from(base.with_only_columns(AdapterRow.id).subquery())) or 0
+        else:  # nothing to read from the newest version: count adapters (each has one) by index
+            total = session.scalar(
+                select(func.count()).select_from(AdapterRow)
+                .where(exists().where(VersionRow.adapter_id == AdapterRow.id), *conditions)
+            ) or 0
         rows = session.execute(base.order_by(AdapterRow.namespace, AdapterRow.name).limit(limit).offset(offset)).all()
         adapter_ids = [r.adapter_id for r in rows]
         aliases = _aliases_of(session, adapter_ids)
@@ -372,14 +379,17 @@ def _latest_scores(session: Session, version_ids: list[int]) -> dict[int, tuple[
     newest: dict[int, dict[tuple[str, str | None], EvalScore]] = {}
     if not version_ids:
         return {}
-    for s in session.scalars(
-        select(EvalScoreRow).where(EvalScoreRow.version_id.in_(version_ids)).order_by(EvalScoreRow.recorded_at, EvalScoreRow.id)
+    s = EvalScoreRow
+    for vid, metric, value, digest, name, split, by, at in session.execute(
+        select(s.version_id, s.metric, s.value, s.dataset_digest, s.dataset_name, s.split, s.recorded_by, s.recorded_at)
+        .where(s.version_id.in_(version_ids))
+        .order_by(s.recorded_at, s.id)
     ):
-        newest.setdefault(s.version_id, {})[(s.metric, s.dataset_digest or s.dataset_name)] = EvalScore(
-            metric=s.metric, value=s.value, dataset=s.dataset_digest, dataset_name=s.dataset_name, split=s.split,
-            recorded_by=s.recorded_by, recorded_at=_utc(s.recorded_at),
+        newest.setdefault(vid, {})[(metric, digest or name)] = EvalScore(
+            metric=metric, value=value, dataset=digest, dataset_name=name, split=split, recorded_by=by,
+            recorded_at=_utc(at),
         )
-    return {vid: tuple(sorted(scores.values(), key=lambda s: s.metric)) for vid, scores in newest.items()}
+    return {vid: tuple(sorted(scores.values(), key=lambda e: e.metric)) for vid, scores in newest.items()}
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -79,6 +79,7 @@ def lineage_svg(
     nodes: list[_Node] = []
     edges: list[tuple[_Node, _Node, str]] = []  # (from, to, kind: parent | unverified | base | dataset | evaldata)
     side: dict[str, _Node] = {}
+    linked: set[tuple[int, int]] = set()
     next_side_y = PAD
 
     def side_node(key: str, kind: str, row_y: int, title: str, subtitle: str, href: str | None, tip: str) -> _Node:
@@ -131,7 +132,8 @@ def lineage_svg(
                 target = side_node("eval:" + (score.dataset or score.dataset_name or ""), "evaldata", y,
                                    "eval " + label, _digest12(score.dataset) or "-",
                                    evals_href(version.full_name), f"eval data {label} {score.dataset or ''}")
-                if (node, target, "evaldata") not in edges:
+                if (id(node), id(target)) not in linked:
+                    linked.add((id(node), id(target)))
                     edges.append((node, target, "evaldata"))
         if previous is not None:
             edges.append((previous, node, "parent" if previous_verified else "unverified"))
