@@ -24,6 +24,7 @@ pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
 from starlette.testclient import TestClient
 
 from registry import catalogue
+from registry.cli.inputs import parse_eval
 from registry.web import create_app
 
 # Attacker-controlled text: a script element, an attribute handler, and a value that tries to
@@ -50,16 +51,16 @@ def populated(tmp_path: Path) -> dict[str, str]:
     refs = {
         "root": _publish(tmp_path, "team/coach", 1, description="coach root " + XSS, tags={"team": XSS, XSS: "v"},
                          template="Q: {prompt}\n" + XSS + "\nA: ", dataset=data,
-                         evals=[catalogue.parse_eval("acc=0.50@held" + XSS)], training={"lr": 0.1, "loss_curve": [[1, 2.0], [2, 1.5], [3, 1.2]], "libraries": {"peft": XSS}}),
+                         evals=[parse_eval("acc=0.50@held" + XSS)], training={"lr": 0.1, "loss_curve": [[1, 2.0], [2, 1.5], [3, 1.2]], "libraries": {"peft": XSS}}),
     }
-    refs["child"] = _publish(tmp_path, "team/coach", 2, parent=refs["root"], evals=[catalogue.parse_eval("acc=0.70@held" + XSS)])
+    refs["child"] = _publish(tmp_path, "team/coach", 2, parent=refs["root"], evals=[parse_eval("acc=0.70@held" + XSS)])
     refs["evil"] = _publish(tmp_path, "team/evil", 3, config=evil_config, description=XSS, author="mallory" + XSS,
                             evals=[catalogue.EvalInput(metric="f1" + XSS, value=0.3, dataset_name=XSS, split=XSS)])
     refs["imported"] = _publish(tmp_path, "other/imported", 4, parent=refs["child"], lineage_verified=False,
                                 tags={"source": "hub"})
     catalogue.set_alias(refs["child"], "prod", actor="alice")
     catalogue.set_alias(refs["root"], "staging", actor="bob")
-    catalogue.add_eval(refs["child"], catalogue.parse_eval("acc=0.75@held" + XSS))
+    catalogue.add_eval(refs["child"], parse_eval("acc=0.75@held" + XSS))
     return refs
 
 

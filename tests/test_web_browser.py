@@ -29,6 +29,7 @@ pytest.importorskip("starlette", reason="spr ui needs the [ui] extra")
 from test_web import XSS, _publish  # noqa: E402
 
 from registry import catalogue  # noqa: E402
+from registry.cli.inputs import parse_eval  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 TOKEN = "browser-test-token"
@@ -41,12 +42,12 @@ def site(tmp_path: Path) -> Iterator[str]:
     data.write_text('{"text": "hello"}\n{"text": "world"}\n')
     heldout = "heldout.jsonl"
     root = _publish(tmp_path, "team/coach", 1, description="answers like a coach " + XSS, tags={"team": XSS},
-                    template="Q: {prompt}\nA: ", dataset=data, evals=[catalogue.parse_eval(f"accuracy=0.52@{heldout}")],
+                    template="Q: {prompt}\nA: ", dataset=data, evals=[parse_eval(f"accuracy=0.52@{heldout}")],
                     training={"lr": 0.1, "loss_curve": [[i, 3.0 / (i + 1)] for i in range(20)]})
     child = _publish(tmp_path, "team/coach", 2, parent=root, dataset=data,
-                     evals=[catalogue.parse_eval(f"accuracy=0.61@{heldout}")])
+                     evals=[parse_eval(f"accuracy=0.61@{heldout}")])
     third = _publish(tmp_path, "team/coach", 3, parent=child, dataset=data,
-                     evals=[catalogue.parse_eval(f"accuracy=0.66@{heldout}")])
+                     evals=[parse_eval(f"accuracy=0.66@{heldout}")])
     _publish(tmp_path, "hub/imported", 4, parent=third, lineage_verified=False, description="from spr import")
     for i in range(5, 9):
         _publish(tmp_path, f"team/helper-{i}", i, description=f"helper {i}")
