@@ -9,7 +9,6 @@ dataclasses; the queries stay on indexed columns so a page costs milliseconds at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -20,7 +19,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from registry.db import session_scope
 from registry.errors import AdapterNotFoundError, UsageError
-from registry.models import AdapterRow, AliasRow, BaseModelRow, DatasetRow, EvalScoreRow, EventRow, VersionRow
+from registry.models import AdapterRow, AliasRow, BaseModelRow, EvalScoreRow, EventRow, VersionRow
 from registry.refs import parse_ref, split_name
 from registry.types import EvalScore, Event
 
@@ -309,20 +308,6 @@ def change_marker(*, db: str | None = None) -> int:
         return session.scalar(select(func.max(EventRow.id))) or 0
 
 
-def dataset_names(digests: Sequence[str], *, db: str | None = None) -> dict[str, str]:
-    """``sha256:…`` -> recorded name, for the digests the catalogue knows a name of."""
-    if not digests:
-        return {}
-    with session_scope(db) as session:
-        return {
-            d: n
-            for d, n in session.execute(
-                select(DatasetRow.digest, DatasetRow.name).where(DatasetRow.digest.in_(list(digests)[:MAX_PAGE]))
-            )
-            if n
-        }
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -407,6 +392,6 @@ def _utc(value: datetime) -> datetime:
 
 
 __all__ = [
-    "AdapterListing", "AdapterPage", "EvalPoint", "EventPage", "Facets", "browse_adapters", "browse_events",
-    "change_marker", "dataset_names", "eval_history", "facets",
+    "MAX_PAGE", "AdapterListing", "AdapterPage", "EvalPoint", "EventPage", "Facets", "browse_adapters",
+    "browse_events", "change_marker", "eval_history", "facets",
 ]

@@ -32,7 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.catalogue import browse
+from registry import catalogue
 from registry.errors import NotFoundError, RegistryError, UsageError
 from registry.web.views import Views
 
@@ -161,7 +161,7 @@ def create_app(*, db: str | None = None, token: str | None = None, cache_seconds
                 response: Response = handler(request, as_json)
                 return response
             key = (as_json, request.url.path, request.url.query)
-            marker = browse.change_marker(db=db)
+            marker = catalogue.change_marker(db=db)
             hit = cache.get(key, marker)
             if hit is not None:
                 return hit

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from registry import catalogue
-from registry.catalogue import browse
 from registry.errors import UsageError
 from registry.refs import Ref, parse_ref, split_name
 from registry.types import Lineage, VersionInfo
@@ -137,22 +136,22 @@ class Views:
 
     def adapters(self, request: Request, as_json: bool) -> Response:
         filters = self.text_params(request, "q", "namespace", "base_model", "method", "tag", "alias")
-        limit = self.int_param(request, "limit", PAGE_SIZE, 1, browse.MAX_PAGE)
+        limit = self.int_param(request, "limit", PAGE_SIZE, 1, catalogue.MAX_PAGE)
         offset = self.int_param(request, "offset", 0, 0, 10**9)
-        result = browse.browse_adapters(
+        result = catalogue.browse_adapters(
             db=self.db, query=filters.get("q"), namespace=filters.get("namespace"),
             base_model=filters.get("base_model"), method=filters.get("method"), tag=filters.get("tag"),
             alias=filters.get("alias"), limit=limit, offset=offset,
         )
         if as_json:
             return JSONPage(result)
-        facets = browse.facets(db=self.db)
+        facets = catalogue.facets(db=self.db)
         return self.page(request, "adapters.html", result=result, filters=filters, facets=facets,
                          params={**filters, "limit": limit if limit != PAGE_SIZE else None})
 
     def versions_list(self, request: Request, as_json: bool) -> Response:
         filters = self.text_params(request, "base_model", "dataset", "method")
-        limit = self.int_param(request, "limit", PAGE_SIZE, 1, browse.MAX_PAGE)
+        limit = self.int_param(request, "limit", PAGE_SIZE, 1, catalogue.MAX_PAGE)
         items = catalogue.list_versions(
             db=self.db, base_model=filters.get("base_model"), dataset=filters.get("dataset"),
             peft_type=filters.get("method"), include_inactive=True, limit=limit,
@@ -222,10 +221,10 @@ class Views:
 
     def evals(self, request: Request, as_json: bool) -> Response:
         name = self.name_from_path(request)
-        points = browse.eval_history(name, db=self.db)
+        points = catalogue.eval_history(name, db=self.db)
         if as_json:
             return JSONPage(points)
-        series: dict[tuple[str, str], list[browse.EvalPoint]] = {}
+        series: dict[tuple[str, str], list[catalogue.EvalPoint]] = {}
         for p in points:
             series.setdefault((p.metric, p.dataset or p.dataset_name or ""), []).append(p)
         plots = []
@@ -247,10 +246,10 @@ class Views:
 
     def audit(self, request: Request, as_json: bool) -> Response:
         filters = self.text_params(request, "adapter", "actor", "action")
-        limit = self.int_param(request, "limit", PAGE_SIZE, 1, browse.MAX_PAGE)
+        limit = self.int_param(request, "limit", PAGE_SIZE, 1, catalogue.MAX_PAGE)
         offset = self.int_param(request, "offset", 0, 0, 10**9)
         check = request.query_params.get("check") == "1"
-        page = browse.browse_events(db=self.db, adapter=filters.get("adapter"), actor=filters.get("actor"),
+        page = catalogue.browse_events(db=self.db, adapter=filters.get("adapter"), actor=filters.get("actor"),
                                     action=filters.get("action"), limit=limit, offset=offset)
         report = _audit(self.db) if check else None
         if as_json:
@@ -258,7 +257,7 @@ class Views:
             if report is not None:
                 data["audit"] = report
             return JSONPage(data)
-        facets = browse.facets(db=self.db, actors=True)
+        facets = catalogue.facets(db=self.db, actors=True)
         return self.page(request, "audit.html", page=page, filters=filters, facets=facets, report=report,
                          params={**filters, "limit": limit if limit != PAGE_SIZE else None}, check=check)
 
