@@ -162,10 +162,14 @@ def test_adapter_list_filters_and_pages(populated: dict[str, str], client: TestC
     assert page["total"] == 3 and len(page["items"]) == 1 and page["offset"] == 2
     html_page = client.get("/", params={"limit": 2}).text
     assert "1–2 of 3 adapters" in html_page and 'rel="next" href="/?limit=2&amp;offset=2"' in html_page
-    for bad in ({"limit": "0"}, {"limit": "x"}, {"offset": "-1"}, {"q": "x" * 201}, {"tag": "=v"}):
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"offset": "-1"}, {"offset": "9" * 5000}, {"limit": "²"},
+                {"q": "x" * 201}, {"q": "a\x00b"}, {"tag": "=v"}):
         response = client.get("/", params=bad)
         assert response.status_code == 400, bad
         assert "Bad request" in response.text
+    for url, bad in [("/versions", {"base_model": "a\x00b"}), ("/versions", {"dataset": "d" * 300}),
+                     ("/audit", {"actor": "a\x00"}), ("/audit", {"adapter": "../x"}), ("/audit", {"limit": "501"})]:
+        assert client.get(url, params=bad).status_code == 400, (url, bad)
 
 
 def test_version_page_shows_what_spr_show_knows(populated: dict[str, str], client: TestClient) -> None:

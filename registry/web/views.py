@@ -124,13 +124,18 @@ class Views:
         raw = request.query_params.get(key)
         if raw is None or raw == "":
             return default
-        if not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
+        if len(raw) > 12 or not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
             raise UsageError(f"query parameter {key!r} must be a whole number from {lo} to {hi}, found {raw[:20]!r}")
         return int(raw)
 
     @staticmethod
     def text_params(request: Request, *keys: str) -> dict[str, str]:
-        return {k: request.query_params[k].strip() for k in keys if request.query_params.get(k, "").strip()}
+        """The non-empty filters among ``keys``: at most 200 printable characters each, or a 400."""
+        found = {k: request.query_params[k].strip() for k in keys if request.query_params.get(k, "").strip()}
+        for key, value in found.items():
+            if len(value) > 200 or any(ord(c) < 32 or c == "\x7f" for c in value):
+                raise UsageError(f"query parameter {key!r} must be at most 200 printable characters")
+        return found
 
     # -- pages ---------------------------------------------------------------------------------
 
