@@ -230,6 +230,11 @@ def test_audit_page_filters_and_runs_a_no_rehash_audit(populated: dict[str, str]
     assert {e["subject"].split("@")[0] for e in about["items"]} == {"team/coach"}
     one = client.get("/api/audit", params={"adapter": "team/coach@1"}).json()
     assert {e["subject"] for e in one["items"]} == {"team/coach@1"}
+    prod = client.get("/api/audit", params={"adapter": "team/coach@prod"}).json()  # the alias's moves
+    assert prod["total"] == 1 and prod["items"][0]["details"]["alias"] == "prod"
+    page = client.get("/audit", params={"adapter": "team/coach"}).text
+    assert 'href="/audit?adapter=team%2Fcoach%40prod"' in page  # each subject links to its own filter
+    assert client.get("/audit", params={"adapter": "team/coach@prod"}).status_code == 200
     assert client.get("/api/audit", params={"adapter": "../x"}).status_code == 400
     clean = client.get("/api/audit", params={"check": "1"}).json()["audit"]
     assert clean["ok"] and clean["errors"] == 0

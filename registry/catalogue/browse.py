@@ -233,19 +233,19 @@ def browse_events(
 ) -> EventPage:
     """A page of audit events, newest first, with the total count of events matching the filters.
 
-    ``adapter`` is a name (``ns/name``: events about it or any of its versions) or a ref with a
-    version (``ns/name@3``: events about that version). Raises :class:`UsageError` for bad input.
+    ``adapter`` is a name (``ns/name``: events about it, its versions and aliases), a numbered
+    version (``ns/name@3``: events about that version) or an alias (``ns/name@prod``: its moves). Raises :class:`UsageError` for bad input.
     """
     limit, offset = _check_window(limit, offset)
     conditions: list[ColumnElement[bool]] = []
     if adapter:
         ref = parse_ref(_bounded(adapter, "adapter"))
-        if ref.number is not None:
+        if ref.number is not None or ref.alias is not None:  # one version's events, or one alias's moves
             conditions.append(EventRow.subject == str(ref))
-        elif ref.alias is not None or ref.digest is not None:
+        elif ref.digest is not None:
             raise UsageError(
-                f"filter events by a name or a numbered version, found {adapter!r}",
-                hint="for example 'team/coach' or 'team/coach@3'",
+                f"filter events by a name, a numbered version or an alias, found {adapter!r}",
+                hint="for example 'team/coach', 'team/coach@3' or 'team/coach@prod'",
             )
         else:
             conditions.append(or_(EventRow.subject == ref.full_name,
