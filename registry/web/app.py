@@ -115,11 +115,18 @@ class PageCache:
 
     MAX_ENTRIES = 256
     MAX_BODY = 1 << 20
+    STRIPES = 64
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._lock = threading.Lock()
         self._pages: OrderedDict[tuple[Any, ...], tuple[float, int, int, str, bytes]] = OrderedDict()
+        # When a popular page expires, one thread renders it while the others asking for it wait
+        # (instead of all rendering it at once); striped, so the locks stay bounded.
+        self._render_locks = [threading.Lock() for _ in range(self.STRIPES)]
+
+    def render_lock(self, key: tuple[Any, ...]) -> threading.Lock:
+        return self._render_locks[hash(key) % self.STRIPES]
 
     def get(self, key: tuple[Any, ...], marker: int) -> Response | None:
         with self._lock:
@@ -165,9 +172,13 @@ def create_app(*, db: str | None = None, token: str | None = None, cache_seconds
             hit = cache.get(key, marker)
             if hit is not None:
                 return hit
-            response = handler(request, as_json)
-            cache.put(key, marker, response)
-            return response
+            with cache.render_lock(key):
+                hit = cache.get(key, marker)  # rendered by another request while this one waited
+                if hit is not None:
+                    return hit
+                response = handler(request, as_json)
+                cache.put(key, marker, response)
+                return response
 
         return endpoint
 
