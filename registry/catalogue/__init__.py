@@ -7,12 +7,26 @@ returns frozen dataclasses from ``registry.types``. All SQL of the registry live
 - ``queries``: get_version, list_versions, versions, lineage; rows -> frozen dataclasses
 - ``changes``: aliases, deprecation, eval scores, Hub copies
 - ``eventlog``: the hash-chained audit log
+- ``browse``: paged, counted, filtered reads for the web catalogue (adapters, events, eval history)
 
 Other rooms, the CLI and the tests use only the names re-exported here.
 """
 
 from __future__ import annotations
 
+from registry.catalogue.browse import (
+    MAX_PAGE,
+    AdapterListing,
+    AdapterPage,
+    EvalPoint,
+    EventPage,
+    Facets,
+    browse_adapters,
+    browse_events,
+    change_marker,
+    eval_history,
+    facets,
+)
 from registry.catalogue.changes import (
     EvalInput,
     add_eval,
@@ -29,19 +43,30 @@ from registry.catalogue.queries import get_version, lineage, list_versions, vers
 
 __all__ = [
     "GENESIS_HASH",
+    "MAX_PAGE",
     "MAX_TAGS",
+    "AdapterListing",
+    "AdapterPage",
     "BlobRefs",
     "CatalogueCheck",
     "EvalInput",
+    "EvalPoint",
+    "EventPage",
+    "Facets",
     "PublishOptions",
     "add_eval",
     "add_evals",
     "blob_referenced",
+    "browse_adapters",
+    "browse_events",
+    "change_marker",
     "check_catalogue",
     "deprecate",
+    "eval_history",
     "event_hash",
     "events",
     "export",
+    "facets",
     "get_version",
     "import_manifest",
     "lineage",
