@@ -293,9 +293,10 @@ def _store_files(facts: AdapterFacts, store: BlobStore, progress: ProgressCallba
         records.append(FileRecord(path=f.path, sha256=sha, size=size))
     # Re-read the weights header from the stored copy: what is recorded is what was validated.
     weights = next(r for r in records if r.path == adapter_reader.WEIGHTS_NAME)
-    from registry.adapters.tensorfile import read_header
+    from registry.adapters.tensorfile import read_header_stream
 
-    stored = read_header(store.local_path(weights.sha256), where=adapter_reader.WEIGHTS_NAME)
+    with store.open_read(weights.sha256) as stream:  # the header bytes only, also from a bucket
+        stored = read_header_stream(stream, weights.size, where=adapter_reader.WEIGHTS_NAME)
     shapes = {n: (t.dtype, t.shape) for n, t in stored.tensors.items()}
     if shapes != {t.name: (t.dtype, t.shape) for t in facts.tensors}:
         raise InvalidAdapterError(

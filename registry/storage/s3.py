@@ -58,9 +58,7 @@ from registry.storage.s3_io import (
     Marker,
     Readable,
     S3Client,
-    TeeReader,
     b64,
-    cache_writer,
     check_digest,
     check_sha,
     error_code,
@@ -213,8 +211,8 @@ class S3BlobStore:
         """Store a file: hashed first (the key), then uploaded unless the bucket already has it.
 
         The upload re-hashes what it sends and refuses (stores nothing) when the file changed
-        between the two reads. The bytes sent are also written to the local cache, so the
-        publisher's own later reads (``local_path``) download nothing.
+        between the two reads. (Writing the bytes sent into the local cache as well cost more
+        than the upload on a busy disk: the cache fills on first use instead.)
         """
         sha, size = sha256_file(source)
         self._note(sha)
@@ -223,10 +221,8 @@ class S3BlobStore:
             if progress is not None:
                 progress(size)
             return sha, size
-        cached = self.cache_path(sha)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb", buffering=0) as src, cache_writer(cached) as sink:
-            sent = self._upload(TeeReader(src, sink), sha, where=str(source), progress=progress)
+        with open(source, "rb", buffering=0) as src:
+            sent = self._upload(src, sha, where=str(source), progress=progress)
         return sha, sent
 
     def link_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:

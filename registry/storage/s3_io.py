@@ -15,8 +15,6 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -93,40 +91,6 @@ class Readable(Protocol):
     """Anything with ``read(n) -> bytes``: a file, a streaming body, a :class:`TeeReader`."""
 
     def read(self, n: int = -1, /) -> bytes: ...
-
-
-class TeeReader:
-    """Reads ``src`` and writes every byte read to ``sink`` as well (one read feeds two destinations)."""
-
-    def __init__(self, src: Readable, sink: BinaryIO) -> None:
-        self.src = src
-        self.sink = sink
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.src.read(n)
-        if data:
-            self.sink.write(data)
-        return data
-
-
-@contextmanager
-def cache_writer(final: Path) -> Iterator[BinaryIO]:
-    """A temp file beside ``final``, renamed onto it (read-only) when the block succeeds, removed otherwise.
-
-    The caller guarantees the bytes are right (they were hashed against ``final``'s name).
-    """
-    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            yield sink
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def parse_marker(data: bytes) -> tuple[set[str], set[str]]:
