@@ -9,6 +9,7 @@ It never unpickles anything: a directory holding only ``adapter_model.bin`` is r
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def read_adapter(directory: Path, *, check_values: bool = True) -> AdapterFacts:
     config_path = _member(root, CONFIG_NAME, required=True)
     assert config_path is not None
     config = _read_config(config_path)
+    check_references(config, config_path)
     weights_path = _member(root, WEIGHTS_NAME, required=False)
     if weights_path is None:
         pickled = [n for n in PICKLE_NAMES if (root / n).exists()]
@@ -129,6 +131,16 @@ def _member(root: Path, name: str, *, required: bool) -> Path | None:
     return resolved
 
 
+def read_checked_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json`` at ``path``, bounded, parsed and held to :func:`check_references`.
+
+    For loaders: a version catalogued before a check existed is refused at load time too.
+    """
+    config = _read_config(Path(path))
+    check_references(config, path)
+    return config
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
@@ -139,6 +151,95 @@ def _read_config(path: Path) -> dict[str, Any]:
     return parse_json_object(
         path.read_bytes(), str(path), InvalidAdapterError, hint="re-save the adapter with PEFT's save_pretrained()"
     )
+
+
+# Values of ``init_lora_weights`` that leave the base model alone when PEFT builds the layer. The
+# others (pissa*, olora, corda, loftq, lora_ga) rewrite or quantize the base weights at every load,
+# inference included, because PEFT re-runs the init before it loads the saved tensors.
+SAFE_LORA_INITS = ("gaussian", "eva", "orthogonal", "mica")
+_AUTO_LIBRARIES = ("transformers", "diffusers")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def check_references(config: dict[str, Any], path: Path | str) -> None:
+    """Refuse config values that make PEFT reach outside the adapter when it loads it.
+
+    ``adapter_config.json`` is hostile input: PEFT passes ``tokenizer_kwargs`` to
+    ``AutoTokenizer.from_pretrained`` (``cache_dir``, ``token``, ``subfolder``…) and loads the
+    tokenizer named by ``tokenizer_name_or_path`` when the config has ``inference_mode: false``
+    (which ``save_pretrained`` never writes); it re-runs LoRA inits that rewrite the base weights;
+    it imports the module named by ``megatron_core`` and ``auto_mapping``; CorDA's config names
+    files that PEFT unpickles. Names of a base model or tokenizer are kept as metadata (spr never
+    loads them), but must not be URLs or hold control characters. Raises :class:`InvalidAdapterError`.
+    """
+
+    def refuse(message: str, hint: str) -> InvalidAdapterError:
+        return InvalidAdapterError(f"{path}: {message}", hint=hint)
+
+    resave = "save the adapter again with PEFT's save_pretrained()"
+    if config.get("inference_mode") is False:
+        raise refuse(
+            "inference_mode is false, which save_pretrained() never writes; it makes PEFT re-run the "
+            "prompt init when loading (a TEXT init loads the tokenizer named by tokenizer_name_or_path)",
+            resave,
+        )
+    for key in ("tokenizer_name_or_path", "base_model_name_or_path"):
+        value = config.get(key)
+        if isinstance(value, str) and ("://" in value or _CONTROL.search(value)):
+            raise refuse(
+                f"{key} {value[:80]!r} is a URL or holds control characters; expected a Hub repo id or a path",
+                f"set {key} to the repo id or directory of the base model and save the adapter again",
+            )
+    revision = config.get("revision")
+    if revision is not None and not _safe_revision(revision):
+        raise refuse(f"revision {str(revision)[:80]!r} is not a git revision name", "set revision to a commit sha, branch or tag")
+    kwargs = config.get("tokenizer_kwargs")
+    if kwargs not in (None, {}):
+        extra = sorted(kwargs) if isinstance(kwargs, dict) else [type(kwargs).__name__]
+        if extra != ["revision"] or not _safe_revision(kwargs["revision"]):
+            raise refuse(
+                f"tokenizer_kwargs sets {', '.join(map(str, extra))[:120]}; PEFT passes them to "
+                "AutoTokenizer.from_pretrained (a cache_dir, token or subfolder chosen by whoever wrote the config)",
+                "remove tokenizer_kwargs (only a 'revision' is accepted) and save the adapter again",
+            )
+    init = config.get("init_lora_weights")
+    if init is not None and not isinstance(init, bool) and not (isinstance(init, str) and init.lower() in SAFE_LORA_INITS):
+        raise refuse(
+            f"init_lora_weights is {str(init)[:40]!r}, an init that rewrites the base model's weights "
+            "every time PEFT loads the adapter",
+            "convert the adapter with save_pretrained(path_initial_model_for_weight_conversion=...), "
+            "which saves init_lora_weights=true",
+        )
+    if config.get("loftq_config") not in (None, {}):
+        raise refuse("loftq_config is set: LoftQ quantizes the base model's weights when the adapter is loaded",
+                     "remove loftq_config (save the adapter with init_lora_weights=true)")
+    if config.get("corda_config") is not None:
+        raise refuse("corda_config is set: it names cache and covariance files that PEFT unpickles",
+                     "remove corda_config (save the adapter with init_lora_weights=true)")
+    if config.get("megatron_config") not in (None, {}) or config.get("megatron_core") not in (None, "megatron.core"):
+        raise refuse(
+            f"megatron_config/megatron_core are set (megatron_core {str(config.get('megatron_core'))[:60]!r}): "
+            "PEFT imports that module when it loads the adapter",
+            "remove megatron_config and megatron_core; Megatron adapters are not catalogued",
+        )
+    auto = config.get("auto_mapping")
+    if auto is not None:
+        library = auto.get("parent_library") if isinstance(auto, dict) else None
+        cls = auto.get("base_model_class") if isinstance(auto, dict) else None
+        if not (
+            isinstance(library, str) and isinstance(cls, str) and _IDENTIFIER.fullmatch(cls)
+            and any(library == lib or library.startswith(lib + ".") for lib in _AUTO_LIBRARIES)
+        ):
+            raise refuse(
+                f"auto_mapping names {str(library)[:60]!r}.{str(cls)[:60]}; AutoPeftModel imports that module",
+                f"set a task_type instead of auto_mapping, or a class from {' or '.join(_AUTO_LIBRARIES)}",
+            )
+
+
+def _safe_revision(value: Any) -> bool:
+    return isinstance(value, str) and bool(_REVISION.fullmatch(value)) and ".." not in value
 
 
 def _peft_type(config: dict[str, Any], path: Path) -> str:

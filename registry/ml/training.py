@@ -306,6 +306,12 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
 
         # By digest: an alias moved while we trained must not change what we started from.
         parent_dir = catalogue.export(f"{plan.parent.full_name}@{plan.parent.digest}", work / "parent", db=plan.db)
+        from registry.ml.loading import trusted_config
+
+        # The parent's config is outside input: refused if PEFT would act on it outside the adapter,
+        # and rewritten to name our base and tokenizer, with a TEXT init built as RANDOM (PEFT would
+        # load the tokenizer named by the config; the parent's weights replace the init anyway).
+        trusted_config(parent_dir, base_name=base_name, revision=revision, trainable=True)
         if plan.peft_type == "LORA":
             with quiet():
                 return peft.PeftModel.from_pretrained(model, str(parent_dir), is_trainable=True)
@@ -313,18 +319,10 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         # the parent's config and its saved embedding is loaded into the fresh prompt encoder
         # (exact for prompt tuning and projection-free prefix tuning: that embedding is the weight).
         peft_config = peft.PeftConfig.from_pretrained(str(parent_dir))
-        peft_config.inference_mode = False
-        original_init = getattr(peft_config, "prompt_tuning_init", None)
-        original_kwargs = getattr(peft_config, "tokenizer_kwargs", None)
-        if original_init is not None:
-            # Build without re-running the init (a TEXT init would re-read the recorded tokenizer path).
-            peft_config.prompt_tuning_init = peft.PromptTuningInit.RANDOM
-            peft_config.tokenizer_kwargs = None
         with quiet():
             peft_model = peft.get_peft_model(model, peft_config)
-        if original_init is not None:
-            peft_model.peft_config["default"].prompt_tuning_init = original_init
-            peft_model.peft_config["default"].tokenizer_kwargs = original_kwargs
+        if plan.init is not None:  # the child records the parent's init, as trained
+            peft_model.peft_config["default"].prompt_tuning_init = plan.init
         from safetensors.torch import load_file
 
         state = load_file(str(parent_dir / "adapter_model.safetensors"))
