@@ -15,7 +15,7 @@ from typing import Any
 
 from registry.adapters.tensorfile import count_non_finite, read_header
 from registry.digest import parse_json_object
-from registry.errors import InvalidAdapterError
+from registry.errors import InvalidAdapterError, UsageError
 from registry.types import AdapterFacts, AdapterFileInfo, TensorFacts
 
 CONFIG_NAME = "adapter_config.json"
@@ -108,6 +108,63 @@ def read_adapter(directory: Path, *, check_values: bool = True) -> AdapterFacts:
         if path is not None:
             files.append(AdapterFileInfo(name, path.stat().st_size, str(path)))
     return facts.with_files(tuple(files), header_metadata=header.metadata)
+
+
+MAX_ADAPTER_FOLDERS = 1000  # sub-folders looked at for adapters; a bigger folder is not an adapter save
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def find_adapters(directory: Path) -> dict[str, Path]:
+    """The adapters PEFT's ``save_pretrained`` wrote in ``directory``, by adapter name.
+
+    PEFT writes the ``default`` adapter's files into the folder itself and every other adapter
+    into ``<folder>/<adapter name>/``. Returns ``{name: folder}`` (``default`` for the top level),
+    in name order; sub-folders that are symlinks are skipped. Raises nothing for a missing folder.
+    """
+    directory = Path(directory)
+    found: dict[str, Path] = {}
+    if (directory / CONFIG_NAME).is_file():
+        found["default"] = directory
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)[:MAX_ADAPTER_FOLDERS]
+    except OSError:
+        return found
+    for entry in entries:
+        if (
+            entry.name != "default" and _ADAPTER_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+            and os.path.isfile(os.path.join(entry.path, CONFIG_NAME))
+        ):
+            found[entry.name] = Path(entry.path)
+    return dict(sorted(found.items()))
+
+
+def select_adapter(directory: Path, adapter_name: str | None = None) -> tuple[Path, str | None]:
+    """The folder of the one adapter to read in ``directory``, and its name when it is a sub-folder.
+
+    ``adapter_name`` picks one of :func:`find_adapters` (``default`` is the top level). Without it,
+    a folder holding exactly one adapter gives that one; a folder holding several is refused with
+    their names (:class:`UsageError`); a folder holding none is returned as is, for
+    :func:`read_adapter` to explain. Raises :class:`InvalidAdapterError` for an unknown ``adapter_name``.
+    """
+    directory = Path(directory)
+    found = find_adapters(directory)
+    if adapter_name is not None:
+        if adapter_name not in found:
+            raise InvalidAdapterError(
+                f"{directory} holds no adapter named {adapter_name!r}; found {', '.join(found) or 'none'}",
+                hint="pass one of the names found (PEFT writes adapter NAME to DIR/NAME, 'default' to DIR itself)",
+            )
+        return found[adapter_name], None if found[adapter_name] == directory else adapter_name
+    if len(found) > 1:
+        raise UsageError(
+            f"{directory} holds {len(found)} adapters: {', '.join(found)} "
+            "(PEFT's save_pretrained writes each adapter name to its own folder)",
+            hint="choose one with --adapter-name NAME",
+        )
+    if len(found) == 1:
+        name, folder = next(iter(found.items()))
+        return folder, None if folder == directory else name
+    return directory, None
 
 
 def _member(root: Path, name: str, *, required: bool) -> Path | None:

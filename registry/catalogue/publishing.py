@@ -81,6 +81,8 @@ class PublishOptions:
     # False for adapters catalogued from outside (``spr import`` of a plain PEFT repo): their
     # base model and data are what the adapter claims, not what the registry saw.
     lineage_verified: bool = True
+    # Which adapter of a folder PEFT saved several into (``DIR/NAME``; ``default`` is ``DIR``).
+    adapter_name: str | None = None
 
 
 def publish(
@@ -96,11 +98,14 @@ def publish(
 
     Publishing content whose manifest digest already exists for ``name`` returns that version
     (``created=False``): retries are safe. Raises :class:`InvalidAdapterError` and friends for bad
-    input, before anything is written.
+    input, before anything is written. A folder where PEFT saved adapters under their names
+    (``DIR/NAME/adapter_config.json``) publishes its only adapter, or ``options.adapter_name``;
+    several without a name raise :class:`UsageError` listing them.
     """
     options = options or PublishOptions()
     namespace, short = split_name(name)
-    facts = adapter_reader.read_adapter(Path(directory))
+    folder, _ = adapter_reader.select_adapter(Path(directory), options.adapter_name)
+    facts = adapter_reader.read_adapter(folder)
     base = _base_model_info(facts, options)
     dataset = _dataset_info(options)
     parent_digest = _parent_digest(options, db)
