@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from registry import settings
 from registry.digest import PREFIX, canonical_json, sha256_bytes
 from registry.errors import InterruptedOperationError, UsageError
-from registry.ml.config import Plan, TrainConfig, make_plan
+from registry.ml.config import Plan, TrainConfig, check_init_text, make_plan
 from registry.ml.data import (
     IGNORE_INDEX,
     Encoded,
@@ -144,6 +144,7 @@ class TrainResult:
     adapter_dir: Path | None = None  # where the adapter was written (``output_dir``), else None
     published: PublishResult | None = None
     heldout: tuple[Example, ...] = ()
+    notices: tuple[str, ...] = ()  # warnings for the user (an init text that PEFT truncated or repeated)
 
     @property
     def tokens_per_second(self) -> float:
@@ -281,6 +282,7 @@ def _run(
         adapter_dir=output_dir,
         published=published,
         heldout=tuple(plan.eval_examples) if plan.eval_split_name else (),
+        notices=tuple(plan.notices),
     )
 
 
@@ -336,9 +338,9 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         assert plan.init is not None  # _resolve_method always sets it for prompt tuning
         init_text = config.init_text if plan.init == "TEXT" else None
         virtual = plan.virtual_tokens
-        if virtual is None and init_text:
-            # The tutorials' habit: as many virtual tokens as the init text has tokens.
-            virtual = len(tokenizer(init_text)["input_ids"])
+        if init_text:
+            # The seeds' recipe: as many virtual tokens as the init text has tokens (the default).
+            virtual = check_init_text(tokenizer, init_text, virtual, plan, submodules=2 if seq2seq else 1)
         assert virtual is not None  # RANDOM/SAMPLE_VOCAB default to 4; TEXT has an init text to count
         tokenizer_kwargs = {"revision": revision} if revision and plan.init == "TEXT" else None  # PEFT: TEXT only
         peft_config = peft.PromptTuningConfig(
@@ -359,7 +361,10 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         )
     try:
         with quiet():
-            return peft.get_peft_model(model, peft_config)
+            built = peft.get_peft_model(model, peft_config)
+        if plan.init_text_used is not None:  # record the text PEFT truncated or repeated, not the one given
+            built.peft_config["default"].prompt_tuning_init_text = plan.init_text_used
+        return built
     except ValueError as exc:
         raise UsageError(f"PEFT cannot build a {plan.method} adapter on this base: {str(exc)[:300]}",
                          hint="check --lora-target or choose another --method") from None
@@ -617,6 +622,8 @@ def _train_in(
         "eval_loss": after,
         "parent": plan.parent.ref if plan.parent else None,
     }
+    if plan.init_text_used is not None:
+        training.update(init_text_given=config.init_text, init_text_tokens=plan.init_text_tokens)
     if plan.peft_type == "LORA":
         training.update(lora_r=config.lora_r, lora_alpha=peft_model.peft_config["default"].lora_alpha, lora_dropout=config.lora_dropout)
     return {
