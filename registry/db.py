@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -204,7 +205,9 @@ def alembic_config(engine: Engine) -> Any:
     """An Alembic ``Config`` for ``engine`` with the installed migrations (for tests and ``spr db``)."""
     from alembic.config import Config
 
-    cfg = Config()
+    # Alembic's default stdout is the sys.stdout of when alembic.config was first imported (a
+    # default argument): name today's, or a replaced-and-closed stream breaks every later command.
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(_script_location()))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     return cfg
@@ -214,7 +217,7 @@ def known_revisions() -> set[str]:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    cfg = Config()
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(_script_location()))
     return {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
 

@@ -254,10 +254,13 @@ def check_references(config: dict[str, Any], path: Path | str) -> None:
         raise refuse(f"revision {str(revision)[:80]!r} is not a git revision name", "set revision to a commit sha, branch or tag")
     kwargs = config.get("tokenizer_kwargs")
     if kwargs not in (None, {}):
-        extra = sorted(kwargs) if isinstance(kwargs, dict) else [type(kwargs).__name__]
-        if extra != ["revision"] or not _safe_revision(kwargs["revision"]):
+        extra = sorted(map(str, kwargs)) if isinstance(kwargs, dict) else [type(kwargs).__name__]
+        if extra == ["revision"] and not _safe_revision(kwargs["revision"]):
+            raise refuse(f"tokenizer_kwargs revision {str(kwargs['revision'])[:80]!r} is not a git revision name",
+                         "set it to a commit sha, branch or tag, or remove tokenizer_kwargs")
+        if extra != ["revision"]:
             raise refuse(
-                f"tokenizer_kwargs sets {', '.join(map(str, extra))[:120]}; PEFT passes them to "
+                f"tokenizer_kwargs sets {', '.join(extra)[:120]}; PEFT passes them to "
                 "AutoTokenizer.from_pretrained (a cache_dir, token or subfolder chosen by whoever wrote the config)",
                 "remove tokenizer_kwargs (only a 'revision' is accepted) and save the adapter again",
             )
