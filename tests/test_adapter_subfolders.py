@@ -78,7 +78,7 @@ def test_several_adapters_are_listed_and_one_is_chosen_by_name(
 
 def test_a_folder_without_any_adapter_still_says_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(InvalidAdapterError, match="expected adapter_config.json"):
+    with pytest.raises(InvalidAdapterError, match=r"expected adapter_config\.json"):
         catalogue.publish(tmp_path / "empty", "team/none")
 
 
