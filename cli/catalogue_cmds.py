@@ -33,16 +33,24 @@ if TYPE_CHECKING:
 @click.option("--description", help="What this soft prompt is for.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
 @click.option("--author", help="Who publishes (default: git user.name, else the OS user).")
+@click.option("--adapter-name", metavar="NAME",
+              help="Which adapter, when PEFT saved several into DIRECTORY (adapter NAME in DIRECTORY/NAME; 'default' is DIRECTORY).")
 @json_option
 @pass_app
 def publish(
     app: AppContext, directory: Path, name: str, base_model: str | None, dataset: Path | None,
     dataset_digest: str | None, evals: tuple[str, ...], parent: str | None, training_args: Path | None,
     template: str | None, description: str | None, tags: tuple[str, ...], author: str | None,
+    adapter_name: str | None,
 ) -> None:
     """Publish the PEFT adapter in DIRECTORY as a new version of NAME."""
     from registry import catalogue
+    from registry.adapters.reader import select_adapter
     from registry.cli.inputs import parse_eval, parse_tags, read_training_args
+
+    folder, chosen = select_adapter(directory, adapter_name)  # several without --adapter-name: refused here
+    if chosen is not None and adapter_name is None:
+        click.echo(f"publishing adapter {chosen!r}, the only one, from {folder}", err=True)
 
     options = catalogue.PublishOptions(
         base_model=base_model,
@@ -55,9 +63,10 @@ def publish(
         description=description,
         tags=parse_tags(tags),
         author=author,
+        adapter_name=adapter_name,
     )
-    total = sum(p.stat().st_size for p in directory.glob("*") if p.is_file()) if directory.is_dir() else 0
-    with hashing_progress(total, f"hashing {directory.name}") as progress:
+    total = sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.is_dir() else 0
+    with hashing_progress(total, f"hashing {folder.name}") as progress:
         result = catalogue.publish(directory, name, db=app.db, options=options, progress=progress)
 
     def render() -> None:

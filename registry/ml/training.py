@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from registry import settings
 from registry.digest import PREFIX, canonical_json, sha256_bytes
 from registry.errors import InterruptedOperationError, UsageError
-from registry.ml.config import Plan, TrainConfig, make_plan
+from registry.ml.config import Plan, TrainConfig, check_init_text, make_plan
 from registry.ml.data import (
     IGNORE_INDEX,
     Encoded,
@@ -147,6 +147,7 @@ class TrainResult:
     adapter_dir: Path | None = None  # where the adapter was written (``output_dir``), else None
     published: PublishResult | None = None
     heldout: tuple[Example, ...] = ()
+    notices: tuple[str, ...] = ()  # warnings for the user (an init text that PEFT truncated or repeated)
 
     @property
     def tokens_per_second(self) -> float:
@@ -284,6 +285,7 @@ def _run(
         adapter_dir=output_dir,
         published=published,
         heldout=tuple(plan.eval_examples) if plan.eval_split_name else (),
+        notices=tuple(plan.notices),
     )
 
 
@@ -347,6 +349,12 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
 
         # By digest: an alias moved while we trained must not change what we started from.
         parent_dir = catalogue.export(f"{plan.parent.full_name}@{plan.parent.digest}", work / "parent", db=plan.db)
+        from registry.ml.loading import trusted_config
+
+        # The parent's config is outside input: refused if PEFT would act on it outside the adapter,
+        # and rewritten to name our base and tokenizer, with a TEXT init built as RANDOM (PEFT would
+        # load the tokenizer named by the config; the parent's weights replace the init anyway).
+        trusted_config(parent_dir, base_name=base_name, revision=revision, trainable=True)
         if plan.peft_type == "LORA":
             with quiet():
                 return peft.PeftModel.from_pretrained(model, str(parent_dir), is_trainable=True)
@@ -354,18 +362,10 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         # the parent's config and its saved embedding is loaded into the fresh prompt encoder
         # (exact for prompt tuning and projection-free prefix tuning: that embedding is the weight).
         peft_config = peft.PeftConfig.from_pretrained(str(parent_dir))
-        peft_config.inference_mode = False
-        original_init = getattr(peft_config, "prompt_tuning_init", None)
-        original_kwargs = getattr(peft_config, "tokenizer_kwargs", None)
-        if original_init is not None:
-            # Build without re-running the init (a TEXT init would re-read the recorded tokenizer path).
-            peft_config.prompt_tuning_init = peft.PromptTuningInit.RANDOM
-            peft_config.tokenizer_kwargs = None
         with quiet():
             peft_model = peft.get_peft_model(model, peft_config)
-        if original_init is not None:
-            peft_model.peft_config["default"].prompt_tuning_init = original_init
-            peft_model.peft_config["default"].tokenizer_kwargs = original_kwargs
+        if plan.init is not None:  # the child records the parent's init, as trained
+            peft_model.peft_config["default"].prompt_tuning_init = plan.init
         from safetensors.torch import load_file
 
         state = load_file(str(parent_dir / "adapter_model.safetensors"))
@@ -379,9 +379,9 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         assert plan.init is not None  # _resolve_method always sets it for prompt tuning
         init_text = config.init_text if plan.init == "TEXT" else None
         virtual = plan.virtual_tokens
-        if virtual is None and init_text:
-            # The tutorials' habit: as many virtual tokens as the init text has tokens.
-            virtual = len(tokenizer(init_text)["input_ids"])
+        if init_text:
+            # The seeds' recipe: as many virtual tokens as the init text has tokens (the default).
+            virtual = check_init_text(tokenizer, init_text, virtual, plan, submodules=2 if seq2seq else 1)
         assert virtual is not None  # RANDOM/SAMPLE_VOCAB default to 4; TEXT has an init text to count
         tokenizer_kwargs = {"revision": revision} if revision and plan.init == "TEXT" else None  # PEFT: TEXT only
         peft_config = peft.PromptTuningConfig(
@@ -402,7 +402,10 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         )
     try:
         with quiet():
-            return peft.get_peft_model(model, peft_config)
+            built = peft.get_peft_model(model, peft_config)
+        if plan.init_text_used is not None:  # record the text PEFT truncated or repeated, not the one given
+            built.peft_config["default"].prompt_tuning_init_text = plan.init_text_used
+        return built
     except ValueError as exc:
         raise UsageError(f"PEFT cannot build a {plan.method} adapter on this base: {str(exc)[:300]}",
                          hint="check --lora-target or choose another --method") from None
@@ -662,6 +665,8 @@ def _train_in(
         "eval_loss": after,
         "parent": plan.parent.ref if plan.parent else None,
     }
+    if plan.init_text_used is not None:
+        training.update(init_text_given=config.init_text, init_text_tokens=plan.init_text_tokens)
     if plan.peft_type == "LORA":
         training.update(lora_r=config.lora_r, lora_alpha=peft_model.peft_config["default"].lora_alpha, lora_dropout=config.lora_dropout)
     return {
