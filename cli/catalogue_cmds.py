@@ -14,7 +14,7 @@ from registry.cli.output import hashing_progress, markup_safe, short_digest, std
 if TYPE_CHECKING:
     from rich.tree import Tree
 
-    from registry.types import Lineage, VersionInfo, VersionSummary
+    from registry.types import EvalScore, Lineage, VersionInfo, VersionSummary
 
 # Library modules are imported inside each command: `spr --help` and the commands that do not
 # touch the catalogue start without loading SQLAlchemy.
@@ -180,9 +180,29 @@ def render_summaries(items: list[VersionSummary]) -> None:
 
 
 def _short_path(value: str | None, limit: int = 32) -> str:
+    """A base model or dataset name cut to ``limit`` characters so that its name stays readable.
+
+    A Hugging Face cache snapshot path (``…/models--ORG--NAME/snapshots/REV``) is shown as
+    ``ORG/NAME@REV`` (the revision shortened); another path keeps its last component whole and
+    loses the middle (``/srv/…/tiny-bloom``); a name longer than the limit keeps its start.
+    """
     if not value:
         return "-"
-    return value if len(value) <= limit else "…" + value[-(limit - 1):]
+    if len(value) <= limit:
+        return value
+    parts = value.replace("\\", "/").rstrip("/").split("/")
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        repo = parts[-3].removeprefix("models--").replace("--", "/")
+        return _cut_end(f"{repo}@{parts[-1][:8]}", limit)
+    last = parts[-1]
+    if len(parts) == 1 or len(last) + 2 > limit:
+        return _cut_end(last if len(parts) > 1 else value, limit)
+    head = value[: limit - len(last) - 2]
+    return f"{head}…/{last}"
+
+
+def _cut_end(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @cli.command(name="list")
@@ -346,11 +366,40 @@ def _add_facts(tree: Tree, v: VersionInfo) -> None:
                  + (f" ({v.dataset.records} records)" if v.dataset.records is not None else ""))
     if v.init_method:
         _add(tree, f"init: {v.init_method}" + (f" {v.init_text!r}" if v.init_text else ""))
-    for s in v.eval_scores:
-        _add(tree, f"eval {s.metric}={s.value:.6g}" + (f" on {s.dataset_name or short_digest(s.dataset)}" if (s.dataset or s.dataset_name) else "")
-                 + f" ({when(s.recorded_at)}, {s.recorded_by})")
+    for line in _eval_lines(v):
+        _add(tree, line)
     if not v.lineage_verified:
         tree.add("[yellow]lineage unverified[/yellow]")
+
+
+def _eval_source(v: VersionInfo, s: EvalScore) -> str:
+    """Where a score came from: recorded with the version when it was published (by ``spr train``
+    when training facts are recorded, else typed at publish), or measured later (``spr eval``)."""
+    if s.recorded_at == v.created_at:
+        return "spr train" if v.training else "publish"
+    return "spr eval"
+
+
+def _eval_lines(v: VersionInfo) -> list[str]:
+    """One line per distinct score (metric, dataset, split, value as shown), naming every record of it.
+
+    ``spr eval`` on the training's eval set re-measures the same value ``spr train`` recorded: the
+    two records stay in the catalogue, shown once with both sources.
+    """
+    groups: dict[tuple[str, str, str, str], list[EvalScore]] = {}
+    for s in v.eval_scores:
+        dataset = (s.dataset_name or short_digest(s.dataset)) if (s.dataset or s.dataset_name) else ""
+        groups.setdefault((s.metric, f"{s.value:.6g}", dataset, s.split or ""), []).append(s)
+    lines = []
+    for (metric, value, dataset, split), scores in groups.items():
+        counts: dict[str, int] = {}
+        for s in scores:  # records alike in every shown field (a pull stamps one time on all) count once
+            key = f"{_eval_source(v, s)}, {when(s.recorded_at)}, {s.recorded_by}"
+            counts[key] = counts.get(key, 0) + 1
+        sources = "; ".join(key + (f" (x{n})" if n > 1 else "") for key, n in counts.items())
+        lines.append(f"eval {metric}={value}" + (f" on {dataset}" if dataset else "") + (f" [{split}]" if split else "")
+                     + f" ({sources})")
+    return lines
 
 
 def render_lineage(result: Lineage) -> None:

@@ -22,7 +22,11 @@ import click
 from registry.cli.app import cli
 
 T = TypeVar("T")
-COACH_PROMPT = "I want to start running."
+# A request both tasks were trained on: a 64-wide toy answers by heart what it memorised; the point
+# is that the same input gets each task's answer, chosen by the soft prompt alone.
+COACH_PROMPT = "I need help getting up early to run."
+PRETRAIN_STEPS = 200
+TWO_TASKS_TOKENS = 24
 
 
 class Tour:
@@ -48,6 +52,16 @@ class Tour:
             raise click.ClickException(f"demo step 'spr {shown}' exited {code}, expected {expect}")
         if expect:
             click.echo(f"   (exit {code}, as expected)")
+
+    def progress(self, label: str, every: int) -> Callable[[int, int, float | None], None]:
+        """A training progress callback that prints every ``every`` steps (and the last)."""
+
+        def report(step: int, total: int, loss: float | None) -> None:
+            if step % max(1, every) == 0 or step == total:
+                shown = "" if loss is None else f" loss {loss:.3f}"
+                self.say(f"  {label}: step {step}/{total}{shown} ({time.perf_counter() - self.started:.0f} s)")
+
+        return report
 
     def timed(self, label: str, work: Callable[[], T]) -> T:
         t0 = time.perf_counter()
@@ -81,39 +95,49 @@ def demo(workdir: Path | None) -> None:
 
     hf_logging.disable_progress_bar()
     os.environ.pop("SPR_DATABASE_URL", None)
+    import torch
+
+    # The tour's models are 64 wide: one thread computes them as fast as two, and on a busy
+    # machine two spinning threads made each training step several times slower.
+    torch.set_num_threads(1)
     os.environ.setdefault("SPR_ACTOR", "demo")
     tour = Tour(workdir)
     tour.use_machine(workdir / "publisher")
     click.echo(f"spr demo: working in {workdir}")
 
-    tour.section("1. Tiny base models and two datasets (bloom-shaped, built from configs, offline)")
+    tour.section("1. A tiny base model and two tasks (bloom-shaped, built from configs, offline)")
     data = toymodels.write_demo_datasets(workdir / "data")
-    tokenizer = toymodels.train_tokenizer(workdir / "tokenizer")
-    base = tour.timed("built 'tiny-bloom' (hidden 64, 2 layers, briefly pretrained on the demo sentences)",
-                      lambda: toymodels.make_base_model(workdir / "tiny-bloom", tokenizer_dir=tokenizer,
-                                                        seed=0, pretrain_steps=100))
+    tokenizer = tour.timed("trained a byte-level BPE tokenizer on the demo sentences",
+                           lambda: toymodels.train_tokenizer(workdir / "tokenizer"))
+    tour.say(f"pretraining 'tiny-bloom' (hidden 64, 2 layers) for {PRETRAIN_STEPS} steps on "
+             f"{len(toymodels.DEMO_PRETRAIN_TEXTS)} short texts, so that it writes words, not byte noise:")
+    base = tour.timed("built 'tiny-bloom'", lambda: toymodels.make_base_model(
+        workdir / "tiny-bloom", tokenizer_dir=tokenizer, seed=0, init_range=0.02, pretrain_steps=PRETRAIN_STEPS,
+        pretrain_texts=toymodels.DEMO_PRETRAIN_TEXTS, pretrain_lr=1e-2, pretrain_batch_size=32,
+        progress=tour.progress("pretraining", every=PRETRAIN_STEPS // 4)))
     wide = toymodels.make_base_model(workdir / "tiny-bloom-wide", hidden_size=128, tokenizer_dir=tokenizer, seed=0)
     other = toymodels.make_base_model(workdir / "tiny-bloom-other", tokenizer_dir=tokenizer, seed=7)
-    tour.say("also 'tiny-bloom-wide' (hidden 128) and 'tiny-bloom-other' (same config, other weights)")
-    for key in ("coach_train", "coach_eval", "quotes_train", "quotes_eval"):
+    tour.say("also 'tiny-bloom-wide' (hidden 128) and 'tiny-bloom-other' (same config, other random weights)")
+    tour.say("two tasks on the same requests: a coach's reply, or a saying")
+    for key in ("coach_replies_train", "coach_replies_eval", "quote_replies_train", "quote_replies_eval"):
         tour.say(f"dataset {key}: {data[key].relative_to(workdir)}")
 
     tour.section("2. Train two soft prompts with spr train: every fact recorded by the tool that produced it")
-    tour.spr("train", "--base-model", str(base), "--dataset", str(data["coach_train"]),
-             "--eval-dataset", str(data["coach_eval"]), "--name", "team/coach", "--virtual-tokens", "4",
-             "--init", "random", "--epochs", "3", "--lr", "0.03", "--seed", "1",
-             "--description", "motivational coach (RANDOM init)")
-    tour.spr("train", "--base-model", str(base), "--dataset", str(data["quotes_train"]),
-             "--eval-dataset", str(data["quotes_eval"]), "--name", "team/quotes",
-             "--init-text", toymodels.TEXT_INIT_PROMPT, "--epochs", "3", "--lr", "0.03", "--seed", "2",
-             "--description", "short quotes (TEXT init)")
+    tour.spr("train", "--base-model", str(base), "--dataset", str(data["coach_replies_train"]),
+             "--eval-dataset", str(data["coach_replies_eval"]), "--name", "team/coach",
+             "--init-text", toymodels.TEXT_INIT_PROMPT, "--epochs", "30", "--lr", "0.1", "--seed", "1",
+             "--description", "answers like a motivational coach (TEXT init)")
+    tour.spr("train", "--base-model", str(base), "--dataset", str(data["quote_replies_train"]),
+             "--eval-dataset", str(data["quote_replies_eval"]), "--name", "team/quotes", "--virtual-tokens", "8",
+             "--init", "random", "--epochs", "30", "--lr", "0.1", "--seed", "2",
+             "--description", "answers with a saying (RANDOM init)")
 
     tour.section("3. Continue training the coach prompt: lineage is recorded, not typed")
-    tour.spr("train", "--parent", "team/coach@1", "--dataset", str(data["coach_train"]),
-             "--eval-dataset", str(data["coach_eval"]), "--name", "team/coach", "--epochs", "3",
-             "--lr", "0.03", "--seed", "3")
+    tour.spr("train", "--parent", "team/coach@1", "--dataset", str(data["coach_replies_train"]),
+             "--eval-dataset", str(data["coach_replies_eval"]), "--name", "team/coach", "--epochs", "5",
+             "--lr", "0.05", "--seed", "3")
     tour.spr("alias", "set", "team/coach@2", "prod")
-    tour.spr("eval", "team/coach@prod", "--dataset", str(data["coach_eval"]), "--metric", "loss",
+    tour.spr("eval", "team/coach@prod", "--dataset", str(data["coach_replies_eval"]), "--metric", "loss",
              "--metric", "perplexity")
     tour.spr("show", "team/coach@prod")
     tour.spr("list")
@@ -126,8 +150,8 @@ def demo(workdir: Path | None) -> None:
     tour.say("same width, different weights: PEFT would produce garbage silently; spr refuses:")
     tour.spr("verify", "team/coach@prod", "--base-model", str(other), expect=3)
     tour.spr("verify", "team/coach@prod", "--base-model", str(base))
-    tour.say("a verified load that generates (a 64-wide toy: the text is noise, but each soft prompt steers it):")
-    tour.spr("generate", "team/coach@prod", "--prompt", COACH_PROMPT, "--max-new-tokens", "12", "--compare-base")
+    tour.say("a verified load that generates, with and without the soft prompt:")
+    tour.spr("generate", "team/coach@prod", "--prompt", COACH_PROMPT, "--max-new-tokens", "16", "--repetition-penalty", "1.0", "--compare-base")
 
     tour.section("5. Share through a Hub: the project's own Hub-compatible server on a free port")
     from registry.hubserver import HubServer
@@ -153,7 +177,7 @@ def demo(workdir: Path | None) -> None:
         tour.spr("show", "team/coach@2")
         tour.spr("lineage", "team/coach@2")
         tour.spr("verify", "team/coach@2", "--base-model", str(base))
-        tour.spr("generate", "team/coach@2", "--prompt", COACH_PROMPT, "--max-new-tokens", "12")
+        tour.spr("generate", "team/coach@2", "--prompt", COACH_PROMPT, "--max-new-tokens", "16", "--repetition-penalty", "1.0")
         _two_tasks_one_base(tour, base)
         tour.say("a byte changed on the server reaches a third machine: refused before anything is imported:")
         server.storage.tamper("team/quotes", "adapter_model.safetensors", _flipped(
@@ -207,16 +231,26 @@ def _two_tasks_one_base(tour: Tour, base: Path) -> None:
     from registry.demo import toymodels
     from registry.ml import loading
 
-    tour.say("two verified soft prompts on one copy of the base (loading.load_many, then set_adapter):")
+    tour.say(f"two verified soft prompts on one copy of the base (loading.load_many, then set_adapter), "
+             f"the same request {COACH_PROMPT!r}:")
     model = loading.load_many(["team/coach@2", "team/quotes@1"], str(base))
     tokenizer = toymodels.load_tokenizer(base)
     ids = tokenizer(COACH_PROMPT, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+    def greedy() -> str:
+        with torch.no_grad():
+            # use_cache=False: with transformers 5 and PEFT 0.21, cached greedy decoding of a
+            # prompt-tuned bloom drifts from the model's own (teacher-forced) next tokens after a
+            # few steps; uncached decoding matches them.
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=TWO_TASKS_TOKENS,
+                                 do_sample=False, use_cache=False)
+        return str(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
     for ref in ("team/coach@2", "team/quotes@1"):
         model.set_adapter(loading.adapter_name_for(ref))
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False, repetition_penalty=1.5)
-        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        tour.say(f"  {ref:<14} -> {text!r}")
+        tour.say(f"  {ref:<14} -> {greedy()!r}")
+    with model.disable_adapter():
+        tour.say(f"  {'(base alone)':<14} -> {greedy()!r}")
 
 
 def _flipped(server: object, repo: str, path: str) -> bytes:

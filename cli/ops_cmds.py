@@ -20,6 +20,22 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+MIN_BYTES_FOR_RATE = 64 * 1024 * 1024
+MIN_SECONDS_FOR_RATE = 0.2
+
+
+def hash_rate(n_bytes: int, seconds: float) -> str:
+    """`` at 1.23 GB/s`` when the amount and the time are large enough to mean something, else ``""``.
+
+    On a small store the time is mostly opening the database and listing blobs: a rate computed
+    from it ("0.00 GB/s" for 11 KB) says nothing about the disk or the hashing.
+    """
+    if n_bytes < MIN_BYTES_FOR_RATE or seconds < MIN_SECONDS_FOR_RATE:
+        return ""
+    rate = n_bytes / seconds
+    return f" at {rate / 1e9:.2f} GB/s" if rate >= 1e9 else f" at {rate / 1e6:.0f} MB/s"
+
+
 @cli.command()
 @click.option("--strict", is_flag=True, help="Treat warnings (orphan blobs, temp files) as problems too.")
 @click.option("--no-rehash", "no_rehash", is_flag=True, help="Check blob presence and size only, without re-hashing.")
@@ -42,12 +58,11 @@ def audit(app: AppContext, strict: bool, no_rehash: bool) -> None:
     def render() -> None:
         for p in report.problems:
             click.echo(p.line())
-        rate = report.bytes_hashed / report.seconds / 1e9 if report.seconds > 0 else 0.0
         summary = (
             f"audit: {len(report.errors)} error(s), {len(report.warnings)} warning(s); "
             f"{report.versions} versions, {report.files} files, {report.blobs} blobs "
-            f"({_human(report.bytes_hashed)} hashed at {rate:.2f} GB/s), {report.events} events, "
-            f"{report.seconds:.2f} s"
+            f"({_human(report.bytes_hashed)} hashed{hash_rate(report.bytes_hashed, report.seconds)}), "
+            f"{report.events} events, {report.seconds:.2f} s"
         )
         click.echo(summary, err=True)
         if report.warnings and not report.errors:

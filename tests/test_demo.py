@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from registry.demo import toymodels
 
 # the demo always uses its own SQLite catalogues (it clears SPR_DATABASE_URL): run once, in the SQLite half.
 pytestmark = pytest.mark.backend_independent
@@ -38,3 +42,27 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert f"SPR_HOME={tmp_path / 'demo' / 'publisher' / 'spr-home'} spr ui" in out  # where to look next
     for machine in ("publisher", "deploy"):
         assert (tmp_path / "demo" / machine / "spr-home" / "catalogue.sqlite").is_file()
+    # Section 1 shows its progress instead of a silent minute.
+    assert "pretraining: step 200/200 loss" in out
+    assert "pretraining: step 50/200" in out
+    # The pretrained base writes words, and the two soft prompts steer the same request to their
+    # tasks: a coach's reply and a saying. Were soft prompts ignored, both would print the same.
+    said = two_tasks(out)
+    assert said["team/coach@2"] != said["team/quotes@1"], said
+    assert starts_one_of(said["team/coach@2"], [c for _, c in toymodels.COACH_DIALOGUES]), said
+    assert starts_one_of(said["team/quotes@1"], toymodels.QUOTES), said
+    # Internal reads are not logged as exports; a score is shown once with its sources.
+    assert "/tmp/train-" not in out and "spr-home/tmp" not in out
+    assert re.search(r"eval eval_loss=\S+ on coach_replies_eval.jsonl \(spr train, [^;]+; spr eval, ", out), out
+
+
+def two_tasks(out: str) -> dict[str, str]:
+    """The generations of the two-tasks step: ``{ref: text}``."""
+    found = dict(re.findall(r"^ +(team/\S+|\(base alone\)) +-> ('.*'|\".*\")$", out, flags=re.MULTILINE))
+    return {ref: ast.literal_eval(text) for ref, text in found.items()}
+
+
+def starts_one_of(text: str, candidates: list[str], n: int = 12) -> bool:
+    """Whether ``text`` begins like one of ``candidates`` (its first ``n`` characters)."""
+    text = text.strip()
+    return len(text) >= n and any(c.startswith(text[:n]) for c in candidates)

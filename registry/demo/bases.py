@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -285,6 +285,9 @@ def make_base_model(
     num_kv_heads: int | None = None,
     pretrain_steps: int = 0,
     pretrain_texts: Sequence[Example] | None = None,
+    pretrain_lr: float = 3e-3,
+    pretrain_batch_size: int = 16,
+    progress: Callable[[int, int, float | None], None] | None = None,
 ) -> Path:
     """Build a tiny base model with seeded random weights and save it with its tokenizer.
 
@@ -300,12 +303,15 @@ def make_base_model(
     (llama only) makes a grouped-query-attention model; PEFT sizes prefix-tuning tensors by the
     key/value heads, not the width, on such models.
 
-    ``pretrain_steps > 0`` trains the whole model (AdamW, lr 3e-3, batch 16, seeded) on
-    ``pretrain_texts`` (default :data:`PRETRAIN_SENTENCES`, which leaves out the held-out rows)
-    before saving, so that it writes readable, memorised English instead of byte noise: useful
-    for a demo that prints generations (300 steps on the default bloom: loss about 0.1). Training
-    runs through :func:`registry.ml.training.train_steps`, the ``Trainer`` of ``spr train``, at a
-    constant learning rate; the fixtures leave it at 0.
+    ``pretrain_steps > 0`` trains the whole model (AdamW at ``pretrain_lr``, batches of
+    ``pretrain_batch_size``, seeded) on ``pretrain_texts`` (default :data:`PRETRAIN_SENTENCES`,
+    which leaves out the held-out rows) before saving, so that it writes readable, memorised
+    English instead of byte noise: useful for a demo that prints generations (``spr demo``: 200
+    steps at lr 1e-2, batch 32, init range 0.02 on :data:`DEMO_PRETRAIN_TEXTS`, loss about 0.1).
+    Training runs through :func:`registry.ml.training.train_steps`, the ``Trainer`` of ``spr
+    train``, at a constant learning rate, on one CPU thread (a 64-wide model gains nothing from
+    more, and on a loaded 2-core machine two spinning threads made each step 10x slower);
+    ``progress(step, total, loss)`` is called after every step. The fixtures leave it at 0.
 
     The tokenizer is copied from ``tokenizer_dir`` when given, else trained with
     :func:`train_tokenizer` on :data:`DEMO_SENTENCES`. ``vocab_size`` defaults to the tokenizer's
@@ -378,10 +384,11 @@ def make_base_model(
         model = _model_class(arch)(config)
         if pretrain_steps:
             texts = PRETRAIN_SENTENCES if pretrain_texts is None else pretrain_texts
-            _train(
-                model, texts, tokenizer, seq2seq=arch == "t5", steps=pretrain_steps, lr=3e-3, batch_size=16,
-                seed=seed, max_length=128,
-            )
+            with _one_thread():
+                _train(
+                    model, texts, tokenizer, seq2seq=arch == "t5", steps=pretrain_steps, lr=pretrain_lr,
+                    batch_size=pretrain_batch_size, seed=seed, max_length=128, progress=progress,
+                )
         model.eval()
         with quiet():
             model.save_pretrained(str(tmp))
@@ -448,9 +455,22 @@ def _encode(examples: Sequence[Example], tokenizer: Any, *, seq2seq: bool, max_l
     return encoded
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread for the block (tiny models), then restore the setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _train(
     model: Any, examples: Sequence[Example], tokenizer: Any, *, seq2seq: bool, steps: int, lr: float, batch_size: int,
-    seed: int, max_length: int,
+    seed: int, max_length: int, progress: Callable[[int, int, float | None], None] | None = None,
 ) -> list[float]:
     """Train with the library's loop (:func:`registry.ml.training.train_steps`, constant learning rate)."""
     from registry.ml import training
@@ -458,5 +478,5 @@ def _train(
     encoded = _encode(examples, tokenizer, seq2seq=seq2seq, max_length=max_length)
     return training.train_steps(
         model, encoded, pad_id=int(tokenizer.pad_token_id), seq2seq=seq2seq, steps=steps, lr=lr,
-        batch_size=batch_size, seed=seed,
+        batch_size=batch_size, seed=seed, progress=progress,
     )

@@ -17,7 +17,13 @@ key                 file                           record
 ``quotes_train``    ``quotes_train.jsonl``         ``{"text": ...}`` (training rows)
 ``quotes_eval``     ``quotes_eval.jsonl``          ``{"text": ...}`` (held-out rows)
 ``coach_dialogues`` ``coach_dialogues.jsonl``      ``{"prompt": ..., "completion": ...}``
+``coach_replies_*`` ``coach_replies_{train,eval}`` ``{"prompt": ..., "completion": " ..."}``
+``quote_replies_*`` ``quote_replies_{train,eval}`` ``{"prompt": ..., "completion": " ..."}``
 ==================  =============================  ======================================
+
+The ``*_replies_*`` files (``.jsonl``) are the demo's two tasks on the same requests: a coach's
+reply (:data:`COACH_DIALOGUES`) or a saying (:data:`QUOTE_REPLIES`), split into training rows and
+the last :data:`REPLIES_HELDOUT` held-out rows.
 
 The ``text`` files are what training reads (one example per record); the held-out rows are the
 last :data:`COACH_HELDOUT` / :data:`QUOTES_HELDOUT` rows of each list and never appear in the
@@ -38,10 +44,13 @@ __all__ = [
     "COACH_DIALOGUES",
     "COACH_HELDOUT",
     "COACH_PROMPTS",
+    "DEMO_PRETRAIN_TEXTS",
     "DEMO_SENTENCES",
     "PRETRAIN_SENTENCES",
     "QUOTES",
     "QUOTES_HELDOUT",
+    "QUOTE_REPLIES",
+    "REPLIES_HELDOUT",
     "TEXT_INIT_PROMPT",
     "coach_split",
     "quotes_split",
@@ -146,6 +155,34 @@ COACH_DIALOGUES: list[tuple[str, str]] = [
 ]
 """Prompt/completion pairs: a short request and a coach's reply (loss on the reply only)."""
 
+QUOTE_REPLIES: list[tuple[str, str]] = [
+    ("I need help getting up early to run.", "A journey of a thousand miles begins with a single step."),
+    ("I keep putting off studying.", "Well begun is half done."),
+    ("I am nervous about a talk tomorrow.", "Courage is being afraid and going on anyway."),
+    ("I gave up on my diet.", "Fall seven times, stand up eight."),
+    ("My room is a mess.", "Little strokes fell great oaks."),
+    ("I want to read more books.", "Small steps every day add up to a long road walked."),
+    ("I missed my deadline again.", "Rest if you must, but do not turn back."),
+    ("I feel alone in a new city.", "Kind words cost nothing and buy a great deal."),
+    ("I want to save money.", "Be patient with the seed; the roots grow first."),
+    ("I am scared to share my music.", "Done is better than perfect, and started is better than planned."),
+    ("I want to sleep earlier.", "What you do today is the shape of your tomorrow."),
+    ("I want to learn a language.", "Every expert was once a beginner who did not quit."),
+    ("I cannot finish what I start.", "The river cuts the rock not by force but by staying."),
+    ("My team feels low.", "A calm sea never made a skilled sailor."),
+    ("I want to walk more.", "Slow and steady wins the race."),
+    ("I want to meditate.", "Practice makes progress, not perfection."),
+]
+"""The requests of :data:`COACH_DIALOGUES`, each answered with a saying from :data:`QUOTES`.
+
+With :data:`COACH_DIALOGUES` this makes the demo's two tasks on one base: the same requests, a
+coach's reply or a quote. Both tasks see the same inputs, so only the soft prompt can tell the
+model which answer to give.
+"""
+
+REPLIES_HELDOUT = 3
+"""How many pairs (the last ones) of :data:`COACH_DIALOGUES` and :data:`QUOTE_REPLIES` are held out."""
+
 COACH_HELDOUT = 8
 """How many coach prompts (the last ones) are held out for evaluation."""
 
@@ -176,6 +213,19 @@ PRETRAIN_SENTENCES: list[str] = [
 """What ``make_base_model(pretrain_steps=N)`` trains on: :data:`DEMO_SENTENCES` minus held-out rows."""
 
 
+DEMO_PRETRAIN_TEXTS: list[str] = [
+    *(p + " " + c for p, c in COACH_DIALOGUES[:-REPLIES_HELDOUT]),
+    *(p + " " + q for p, q in QUOTE_REPLIES[:-REPLIES_HELDOUT]),
+    *QUOTES[:-QUOTES_HELDOUT],
+    TEXT_INIT_PROMPT,
+]
+"""What ``spr demo`` pretrains its base on: the training pairs of both tasks and the quotes.
+
+Short texts, so that a few seconds of pretraining make a 64-wide model write them back readably.
+The held-out pairs and quotes are left out.
+"""
+
+
 def coach_split() -> tuple[list[str], list[str]]:
     """Return ``(train, held_out)`` coach prompts; held-out rows are the last :data:`COACH_HELDOUT`."""
     return COACH_PROMPTS[:-COACH_HELDOUT], COACH_PROMPTS[-COACH_HELDOUT:]
@@ -188,6 +238,12 @@ def quotes_split() -> tuple[list[str], list[str]]:
 
 def _jsonl(records: Iterable[Mapping[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def _replies(pairs: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    # The completion starts with a space: prompt and completion are tokenized apart and joined,
+    # so the space between them must belong to one side (as in the pretraining text "p c").
+    return [{"prompt": p, "completion": " " + c} for p, c in pairs]
 
 
 def write_demo_datasets(directory: str | os.PathLike[str]) -> dict[str, Path]:
@@ -213,6 +269,10 @@ def write_demo_datasets(directory: str | os.PathLike[str]) -> dict[str, Path]:
             "coach_dialogues.jsonl",
             [{"prompt": p, "completion": c} for p, c in COACH_DIALOGUES],
         ),
+        "coach_replies_train": ("coach_replies_train.jsonl", _replies(COACH_DIALOGUES[:-REPLIES_HELDOUT])),
+        "coach_replies_eval": ("coach_replies_eval.jsonl", _replies(COACH_DIALOGUES[-REPLIES_HELDOUT:])),
+        "quote_replies_train": ("quote_replies_train.jsonl", _replies(QUOTE_REPLIES[:-REPLIES_HELDOUT])),
+        "quote_replies_eval": ("quote_replies_eval.jsonl", _replies(QUOTE_REPLIES[-REPLIES_HELDOUT:])),
     }
     paths: dict[str, Path] = {}
     for key, (name, records) in files.items():

@@ -58,7 +58,8 @@ def lock(
     Each ref is a catalogue ref (any form, including a bare name for the latest version) whose
     version has a hub copy: locked offline from the catalogue. A name the catalogue does not
     know is read as a Hub repo ``NS/NAME[@REV]``: its revision is resolved to a commit and its
-    manifest read (and checked) from the Hub. Raises :class:`HubError` for a version never pushed.
+    manifest read (and checked) from the Hub. Raises :class:`NotFoundError` for a version never
+    pushed (hint: ``spr push``), :class:`HubError` when the Hub cannot be read.
     """
     if not refs:
         raise UsageError("name at least one version to lock", hint="spr lock team/coach@prod -o adapters.lock")
@@ -88,6 +89,13 @@ def _lock_entry(text: str, *, db: str | None, endpoint: str | None) -> lockfile.
             if not isinstance(exc, AdapterNotFoundError) or "/" not in base:
                 raise
     if version is not None:
+        if not version.hub_copies:
+            # A purely local condition (nothing was asked of a Hub): not found (exit 4), not a Hub error.
+            raise NotFoundError(
+                f"{version.ref} was never pushed, so there is no Hub commit to lock",
+                hint=f"push it first: spr push {version.ref} --repo {version.full_name}, then lock it again",
+                reason="no-hub-copy",
+            )
         copy = pick_copy(version, endpoint)
         return lockfile.LockEntry(
             name=version.full_name,

@@ -296,6 +296,22 @@ def _tmp_root() -> Path:
     return root
 
 
+def _parent_files(parent: VersionInfo, into: Path) -> Path:
+    """The parent's files in a folder PEFT can read, for training to start from.
+
+    The version resolved when the run was planned (by digest: an alias moved meanwhile does not
+    change what we start from), its blobs re-hashed on the way out. An internal read, not a user's
+    ``spr export``: no export event is logged.
+    """
+    from registry.adapters.manifest import check_relative_path
+    from registry.storage import open_store
+
+    store = open_store()
+    for f in parent.files:
+        store.export(f.sha256, into / check_relative_path(f.path, "catalogue"))
+    return into
+
+
 def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, seq2seq: bool, work: Path) -> Any:
     """The PEFT model to train: fresh from the options, or started from the parent's weights."""
     import peft
@@ -304,10 +320,7 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
     base_name = plan.base_info.name
     revision = plan.base_info.revision
     if plan.parent is not None:
-        from registry import catalogue
-
-        # By digest: an alias moved while we trained must not change what we started from.
-        parent_dir = catalogue.export(f"{plan.parent.full_name}@{plan.parent.digest}", work / "parent", db=plan.db)
+        parent_dir = _parent_files(plan.parent, work / "parent")
         from registry.ml.loading import trusted_config
 
         # The parent's config is outside input: refused if PEFT would act on it outside the adapter,
@@ -487,12 +500,14 @@ def train_steps(
     seed: int,
     device: str = "cpu",
     lr_scheduler: str = "constant",
+    progress: ProgressCallback | None = None,
 ) -> list[float]:
     """Train ``model`` (a PEFT model, or a whole base) for ``steps`` optimizer steps; returns the logged losses.
 
     The same seeded ``Trainer`` as ``spr train`` (:func:`make_trainer`), with a ``lr_scheduler``
     schedule (constant by default): the toy models of :mod:`registry.demo` are trained with it, so
-    there is one training loop. Nothing is saved; the model is left in eval mode.
+    there is one training loop. ``progress`` is called after every step, as in ``spr train``.
+    Nothing is saved; the model is left in eval mode.
     """
     if steps < 1:
         raise UsageError(f"steps must be at least 1, got {steps}")
@@ -500,7 +515,7 @@ def train_steps(
     with tempfile.TemporaryDirectory(prefix="spr-steps-") as work:
         trainer, log = make_trainer(
             model, encoded, config=config, pad_id=pad_id, seq2seq=seq2seq, device=device, output_dir=Path(work),
-            total_steps=steps, lr_scheduler=lr_scheduler,
+            total_steps=steps, lr_scheduler=lr_scheduler, progress=progress,
         )
         try:
             with quiet(), interruptible():
