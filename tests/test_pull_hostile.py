@@ -1,4 +1,5 @@
-"""``spr pull`` and ``spr sync`` against hostile Hub servers: bounded downloads, nothing left behind.
+"""``spr pull`` and ``spr sync`` against hostile Hub servers: bounded downloads, nothing left behind,
+and every downloaded byte read once (sha256, size and the NaN/Inf scan in one pass).
 
 A stdlib HTTP proxy in front of the project's Hub server forwards every request, except the ones a
 test makes hostile: a file whose body never ends (the manifest says a few KB; the server streams
@@ -10,9 +11,12 @@ and that the HF cache holds nothing of the refused revision afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +24,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
+from adapter_files import write_prompt_adapter
 from hub_fixtures import HUB_TOKEN
 from ops_support import switch_home
+from safetensors.numpy import save_file
 
 from registry import catalogue, hub, settings
+from registry.adapters import manifest as manifests
+from registry.adapters.tensorfile import StreamScan, count_non_finite, read_header
 from registry.errors import AdapterNotFoundError, IntegrityError, InvalidAdapterError, LockfileDriftError
 from registry.hub.format import MANIFEST_FILENAME, MAX_HUB_MANIFEST_BYTES
 from registry.hubserver import HubServer
@@ -247,7 +256,7 @@ def test_refused_pull_removes_only_its_own_revision_from_the_cache(
     assert kept
     weights = (prompt_tuning_text / "adapter_model.safetensors").read_bytes()
     hub_server.storage.tamper(REPO, "adapter_model.safetensors", weights[:-1] + bytes([weights[-1] ^ 0x40]), revision="v2")
-    with pytest.raises(IntegrityError, match="adapter_model.safetensors"):
+    with pytest.raises(IntegrityError, match=r"adapter_model\.safetensors"):
         hub.pull(f"{REPO}@v2", endpoint=proxy.url)
     assert revision_files(results["v2"].commit_sha) == []
     assert revision_files(results["v1"].commit_sha) == kept
@@ -274,3 +283,110 @@ def test_refused_sync_leaves_nothing_of_its_revisions_in_the_cache(
     with pytest.raises(AdapterNotFoundError):
         catalogue.get_version(REPO)
     assert proxy.sent["adapter_model.safetensors"] < 32 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# one read per byte: hash, size and the NaN/Inf scan in a single pass
+
+
+def test_a_hub_version_with_non_finite_weights_is_refused_by_the_one_pass(
+    pushed: tuple[HostileProxy, dict[str, hub.PushResult]], hub_server: HubServer, prompt_tuning_random: Path,
+) -> None:
+    """A consistent hostile commit: NaN weights, and a manifest whose digest and sha256 match them."""
+    proxy, results = pushed
+    weights = bytearray((prompt_tuning_random / "adapter_model.safetensors").read_bytes())
+    data_start = 8 + struct.unpack("<Q", bytes(weights[:8]))[0]
+    weights[data_start + 4 : data_start + 8] = struct.pack("<f", float("nan"))
+    original = Path(hf_hub_download_bytes(hub_server, results["v1"].commit_sha))
+    doc = json.loads(original.read_bytes())
+    for entry in doc["manifest"]["files"]:
+        if entry["path"] == "adapter_model.safetensors":
+            entry["sha256"] = hashlib.sha256(weights).hexdigest()
+    doc["digest"] = manifests.digest_of(doc["manifest"])
+    forged = (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    assert len(forged) == original.stat().st_size  # the server keeps the recorded sizes
+    hub_server.storage.tamper(REPO, MANIFEST_FILENAME, forged, revision="v1")
+    hub_server.storage.tamper(REPO, "adapter_model.safetensors", bytes(weights), revision="v1")
+    with pytest.raises(InvalidAdapterError, match=r"tensor 'prompt_embeddings' holds 1 non-finite values"):
+        hub.pull(f"{REPO}@v1", endpoint=proxy.url)
+    with pytest.raises(AdapterNotFoundError):
+        catalogue.get_version(REPO)
+    assert list(LocalBlobStore().iter_blob_paths()) == []
+    assert revision_files(results["v1"].commit_sha) == []
+
+
+def hf_hub_download_bytes(server: HubServer, commit_sha: str) -> str:
+    """The pushed ``spr_manifest.json`` of ``REPO`` at ``commit_sha``, downloaded outside the test's cache."""
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(REPO, MANIFEST_FILENAME, revision=commit_sha, endpoint=server.url, token=False,
+                           cache_dir=str(settings.home() / "other-hf-cache"))
+
+
+def test_a_pull_reads_each_byte_of_a_cached_download_once(
+    hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """Bytes read by the process (Linux ``/proc/self/io`` rchar) while pulling a 16 MB adapter from the HF cache."""
+    io_file = Path("/proc/self/io")
+    if not io_file.exists():
+        pytest.skip("needs Linux /proc/self/io")
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    big = write_prompt_adapter(tmp_path / "big", rows=4096, dim=1024)  # 4096 x 1024 float32: 16 MiB
+    size = (big / "adapter_model.safetensors").stat().st_size
+    ref = catalogue.publish(big, "team/big").version.ref
+    commit = hub.push(ref, "team/big", endpoint=hub_server.url).commit_sha
+    switch_home(monkeypatch, tmp_path / "first")
+    hub.pull(f"team/big@{commit}", endpoint=hub_server.url)  # downloads into the HF cache
+    switch_home(monkeypatch, tmp_path / "second")  # an empty catalogue and store; the HF cache is warm
+    catalogue.list_versions()  # create the catalogue before counting
+
+    def rchar() -> int:
+        return int(re.search(r"^rchar: (\d+)$", io_file.read_text(), re.M).group(1))  # type: ignore[union-attr]
+
+    hub_server.clear_log()
+    before = rchar()
+    result = hub.pull(f"team/big@{commit}", endpoint=hub_server.url)
+    read = rchar() - before
+    assert result.imported and hub_server.requests == []
+    # One pass: sha256, size and the NaN scan of the weights together (it was three: 48 MiB).
+    assert size <= read < 1.3 * size, (read, size)
+    assert LocalBlobStore().has(next(f.sha256 for f in result.version.files if f.path == "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+def test_stream_scan_matches_the_file_scan_whatever_the_chunk_boundaries(tmp_path: Path, dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((37, 11)).astype(np.float32)
+    values[0, 0], values[5, 3], values[36, 10] = np.nan, np.inf, -np.inf
+    other = rng.standard_normal((3, 5)).astype(np.float32)
+    other[2, 4] = np.nan
+    if dtype == "F32":
+        tensors = {"a": values, "b": other}
+    elif dtype == "F16":
+        tensors = {"a": values.astype(np.float16), "b": other.astype(np.float16)}
+    else:  # bfloat16 as its raw bits: the top half of each float32
+        tensors = {"a": (values.view(np.uint32) >> 16).astype(np.uint16), "b": (other.view(np.uint32) >> 16).astype(np.uint16)}
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, str(path))
+    if dtype == "BF16":  # safetensors.numpy has no bfloat16: relabel the U16 tensors
+        raw = path.read_bytes()
+        n = struct.unpack("<Q", raw[:8])[0]
+        doc = json.loads(raw[8 : 8 + n])
+        for key, entry in doc.items():
+            if key != "__metadata__":
+                entry["dtype"] = "BF16"
+        header = json.dumps(doc).encode()
+        header += b" " * (-len(header) % 8)
+        path.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n :])
+    header_info = read_header(path)
+    expected = {name: count_non_finite(path, info) for name, info in header_info.tensors.items()}
+    assert expected == {"a": 3, "b": 1}
+    data = path.read_bytes()
+    for chunk in (1, 3, 7, 64, 1 << 20):
+        scan = StreamScan(len(data), "w")
+        for start in range(0, len(data), chunk):
+            scan.feed(memoryview(data)[start : start + chunk])
+        assert scan.complete and scan.bad == expected, chunk
+    short = StreamScan(len(data), "w")
+    short.feed(data[: len(data) - 2])
+    assert not short.complete
