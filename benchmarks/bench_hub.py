@@ -10,8 +10,8 @@ server and the client never share an interpreter.
    wall time of the whole process (interpreter start included, median of N), and the number of
    HTTP requests the server received during those runs (must be 0). Measured for a small prompt
    tuning adapter and for the large LoRA adapter.
-2. Pulling a LoRA adapter of ``--mb`` MB: ``registry.hub.pull`` (resolve, download, sha256 of every
-   file, import into an empty catalogue) against a plain ``huggingface_hub.snapshot_download`` of
+2. Pulling a LoRA adapter of ``--mb`` MB: ``registry.hub.pull`` (resolve, download, one read of every
+   file for sha256 + size + NaN/Inf scan, import into an empty catalogue) against a plain ``huggingface_hub.snapshot_download`` of
    the same repo and tag from the same server into an empty cache, median of ``--runs`` each,
    alternating. Both time the call only (imports and the new catalogue's creation happen before
    the clock starts in both).
@@ -107,8 +107,9 @@ import sys, time
 import huggingface_hub, huggingface_hub.hf_api, huggingface_hub.file_download
 from registry import catalogue
 from registry import hub
+from registry.hub import client
 catalogue.list_versions()
-spent = {"verify (sha256 of the downloaded files)": 0.0, "import (blob store copy + fsync, catalogue rows)": 0.0}
+spent = {"one pass per file: sha256 + size + NaN/Inf scan": 0.0, "import (link into the blob store, header checks, catalogue rows)": 0.0}
 def timed(label, fn):
     def wrapper(*a, **k):
         t = time.perf_counter()
@@ -117,8 +118,8 @@ def timed(label, fn):
         finally:
             spent[label] += time.perf_counter() - t
     return wrapper
-hub.sha256_file = timed("verify (sha256 of the downloaded files)", hub.sha256_file)
-catalogue.import_manifest = timed("import (blob store copy + fsync, catalogue rows)", catalogue.import_manifest)
+client._check_fetched = timed("one pass per file: sha256 + size + NaN/Inf scan", client._check_fetched)
+catalogue.import_manifest = timed("import (link into the blob store, header checks, catalogue rows)", catalogue.import_manifest)
 t = time.perf_counter()
 hub.pull(sys.argv[1], endpoint=sys.argv[2])
 total = time.perf_counter() - t
@@ -206,9 +207,11 @@ def main() -> None:
                 hf_times.append(float(out.split()[0]))
     spr_med, hf_med = statistics.median(spr_times), statistics.median(hf_times)
     print(f"\n2. pull of the {lora_bytes / 1e6:.0f} MB LoRA adapter into an empty cache and catalogue (median of {args.runs}):")
-    print(f"   spr pull (download + sha256 of every file + import): {spr_med:.2f} s   runs {[round(x, 2) for x in spr_times]}")
+    print(f"   spr pull (download + one hash/scan pass + import): {spr_med:.2f} s   runs {[round(x, 2) for x in spr_times]}")
     print(f"   huggingface_hub.snapshot_download (same repo/tag):   {hf_med:.2f} s   runs {[round(x, 2) for x in hf_times]}")
     print(f"   ratio spr / snapshot_download: {spr_med / hf_med:.2f}x (target <= 1.5x)")
+    # On a loaded machine the medians wander with the load; the fastest runs show the work itself.
+    print(f"   ratio of the fastest runs: {min(spr_times) / min(hf_times):.2f}x")
     env = dict(base_env, HF_HOME=str(work / "hf-phases"), SPR_HOME=str(work / "deploy-phases"))
     _, out = child(SPR_PULL_PHASES, env, "bench/lora@v1", url)
     print("   where one more spr pull spends its time:")

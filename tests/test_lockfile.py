@@ -70,8 +70,10 @@ def test_lock_writes_stable_sorted_json_with_every_file(
     assert data == lockfile.dumps(lock) and data.endswith(b"\n")
     doc = json.loads(data)
     assert list(doc) == sorted(doc) and doc["lockfile_version"] == 1
-    assert [(a["name"], a["version"]) for a in doc["adapters"]] == [("local/other", 1), ("team/coach", 1), ("team/coach", 2)]
-    entry = doc["adapters"][1]
+    # Named by the repo they are fetched from (local/other was pushed to team/other): the one rule of
+    # every Hub route, so sync lands each version where 'spr pull team/other@v1' would.
+    assert [(a["name"], a["version"]) for a in doc["adapters"]] == [("team/coach", 1), ("team/coach", 2), ("team/other", 1)]
+    entry = doc["adapters"][0]
     v1 = catalogue.get_version("team/coach@1")
     assert entry == {
         "name": "team/coach",

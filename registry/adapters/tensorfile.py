@@ -207,7 +207,7 @@ def count_non_finite(path: Path, info: TensorInfo, chunk_elems: int = 1 << 22) -
     return bad
 
 
-def _non_finite_in(raw: bytes, dtype: str) -> int:
+def _non_finite_in(raw: bytes | memoryview, dtype: str) -> int:
     import numpy as np
 
     if dtype == "BF16":
@@ -221,3 +221,91 @@ def _non_finite_in(raw: bytes, dtype: str) -> int:
         return int(np.count_nonzero((bits & 0x7F) == 0x7F))  # E4M3 has NaN only
     arr = np.frombuffer(raw, dtype=np.dtype(_NUMPY[dtype]))
     return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+
+
+class StreamScan:
+    """Count NaN/Inf per floating-point tensor from a safetensors file's bytes, fed in order.
+
+    For one pass that also hashes the file (a pull): :meth:`feed` takes each chunk as it is read,
+    parses the header from the first bytes, and scans every tensor's values with the same rule as
+    :func:`count_non_finite`. ``ok`` is False when the header could not be parsed (the caller
+    then validates the file the usual way, which names the problem); ``bad`` maps a tensor name
+    to its count of non-finite values.
+    """
+
+    def __init__(self, file_size: int, where: str) -> None:
+        self.file_size = file_size
+        self.where = where
+        self.header: SafetensorsHeader | None = None
+        self.ok = True
+        self.bad: dict[str, int] = {}
+        self._prefix = bytearray()
+        self._pos = 0
+        self._spans: list[TensorInfo] = []
+        self._next = 0  # index of the first span not wholly scanned
+        self._carry: bytes = b""  # a partial element of the span being scanned
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        if not self.ok:
+            return
+        if self.header is None:
+            self._prefix += chunk
+            if not self._parse():
+                return
+            data = memoryview(bytes(self._prefix))
+            self._prefix = bytearray()
+            self._scan(data, 0)
+            return
+        self._scan(chunk, self._pos)
+
+    def _parse(self) -> bool:
+        if len(self._prefix) < 8:
+            return False
+        (length,) = struct.unpack("<Q", self._prefix[:8])
+        if length > MAX_HEADER_BYTES or length > self.file_size - 8:
+            self.ok = False
+            return False
+        if len(self._prefix) < 8 + length:
+            return False
+        try:
+            self.header = parse_header_bytes(bytes(self._prefix[8 : 8 + length]), length, self.file_size, self.where)
+        except InvalidAdapterError:
+            self.ok = False
+            return False
+        self._spans = sorted(
+            (t for t in self.header.tensors.values() if t.dtype in FLOAT_DTYPES and t.nbytes), key=lambda t: t.begin
+        )
+        return True
+
+    def _scan(self, chunk: bytes | memoryview, start: int) -> None:
+        view = memoryview(chunk)
+        end = start + len(view)
+        self._pos = end
+        i = self._next
+        while i < len(self._spans):
+            info = self._spans[i]
+            if info.begin >= end:
+                break
+            lo, hi = max(info.begin, start), min(info.end, end)
+            if lo < hi:
+                piece: bytes | memoryview = view[lo - start : hi - start]
+                if self._carry:
+                    piece = self._carry + bytes(piece)
+                    self._carry = b""
+                usable = len(piece) - len(piece) % ITEMSIZE[info.dtype]
+                if usable:
+                    count = _non_finite_in(piece[:usable], info.dtype)
+                    if count:
+                        self.bad[info.name] = self.bad.get(info.name, 0) + count
+                self._carry = bytes(piece[usable:])
+            if info.end <= end:
+                self._carry = b""
+                i += 1
+            else:
+                break
+        self._next = i
+
+    @property
+    def complete(self) -> bool:
+        """Whether every tensor's bytes were fed (a file shorter than its header says is not)."""
+        return self.ok and self.header is not None and self._next == len(self._spans)

@@ -38,7 +38,7 @@ from registry.catalogue.changes import (
 )
 from registry.catalogue.eventlog import GENESIS_HASH, event_hash, events, log_event, verify_event_chain
 from registry.catalogue.integrity import BlobRefs, CatalogueCheck, blob_referenced, check_catalogue, referenced_blobs
-from registry.catalogue.publishing import MAX_TAGS, PublishOptions, export, import_manifest, publish
+from registry.catalogue.publishing import MAX_TAGS, PublishOptions, PulledFrom, export, import_manifest, publish
 from registry.catalogue.queries import get_version, lineage, list_versions, versions
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "EventPage",
     "Facets",
     "PublishOptions",
+    "PulledFrom",
     "add_eval",
     "add_evals",
     "blob_referenced",

@@ -42,6 +42,10 @@ class EvalInput:
     dataset: DatasetInfo | None = None
     dataset_name: str | None = None
     split: str | None = None
+    # Set when the score comes from elsewhere (a pulled version's record): who recorded it and
+    # when, kept as the publisher's catalogue said. None: the caller, now.
+    recorded_by: str | None = None
+    recorded_at: datetime | None = None
 
 
 
@@ -224,7 +228,7 @@ def add_eval_row(session: Session, version_id: int, ev: EvalInput, actor: str, n
             dataset_digest=ev.dataset.digest if ev.dataset else None,
             dataset_name=ev.dataset_name or (ev.dataset.name if ev.dataset else None),
             split=ev.split,
-            recorded_by=actor,
-            recorded_at=now,
+            recorded_by=ev.recorded_by or actor,
+            recorded_at=ev.recorded_at or now,
         )
     )

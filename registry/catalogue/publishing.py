@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,11 @@ from registry.models import (
     AdapterRow,
     BaseModelRow,
     FileRow,
+    HubCopyRow,
     VersionRow,
 )
 from registry.refs import split_name
-from registry.storage import BlobStore, open_store
+from registry.storage import BlobStore, KnownFile, open_store
 from registry.types import (
     AdapterFacts,
     BaseModelInfo,
@@ -163,6 +165,16 @@ def _remove_created(store: BlobStore, created: list[str], db: str | None) -> Non
         return
 
 
+@dataclass(frozen=True)
+class PulledFrom:
+    """Where an imported version came from: recorded as its hub copy, in the import's own event."""
+
+    endpoint: str
+    repo_id: str
+    commit_sha: str
+    tag: str | None = None
+
+
 def import_manifest(
     directory: Path,
     name: str,
@@ -170,6 +182,7 @@ def import_manifest(
     *,
     db: str | None = None,
     author: str | None = None,
+    created_at: datetime | None = None,
     description: str | None = None,
     tags: dict[str, str] | None = None,
     evals: Sequence[EvalInput] = (),
@@ -177,40 +190,52 @@ def import_manifest(
     preferred_number: int | None = None,
     details: dict[str, Any] | None = None,
     store: BlobStore | None = None,
+    actor: str | None = None,
+    pulled_from: PulledFrom | None = None,
+    known: Mapping[str, KnownFile] | None = None,
+    values_checked: bool = False,
 ) -> PublishResult:
     """Record a version whose manifest came from elsewhere (a Hub pull), after checking every file.
 
     ``directory`` holds the downloaded files; each must match the manifest's sha256 and size.
     The version keeps the manifest's digest, so a version pulled into another catalogue has the
-    same identity as the original. Raises :class:`IntegrityError` on any mismatch, before writing.
+    same identity as the original, and its provenance: ``author`` and ``created_at`` are the
+    publisher's (default: ``actor``, now), eval scores keep their ``recorded_by``/``recorded_at``.
+    The import itself is its own event, action ``pull``, by ``actor`` (default: the local user,
+    :func:`registry.settings.current_actor`), and ``pulled_from`` is recorded as the version's hub
+    copy in the same transaction. ``known`` (path -> :class:`KnownFile`) names files the caller
+    already hashed in the state they are linked in, and ``values_checked`` says it also scanned
+    the weights for NaN/Inf: those bytes are not read again. Raises :class:`IntegrityError` on
+    any mismatch, before writing.
     """
     namespace, short = split_name(name)
     if store is None:
         store = open_store()
+    who = settings.current_actor(actor)
     with store.writing():  # from the first stored blob to the commit: gc keeps out
-        return _import_files_and_record(
-            store, Path(directory), namespace, short, manifest, db=db, actor=settings.current_actor(author),
-            description=description, tags=tags or {}, evals=evals, lineage_verified=lineage_verified,
-            preferred_number=preferred_number, details=details,
+        _import_files(store, Path(directory), manifest, known=known or {}, values_checked=values_checked)
+        return _record_version(
+            db,
+            namespace,
+            short,
+            manifest,
+            actor=who,
+            created_by=author or who,
+            created_at=created_at,
+            description=description,
+            tags=tags or {},
+            evals=evals,
+            lineage_verified=lineage_verified,
+            action="pull",
+            preferred_number=preferred_number,
+            details=details,
+            pulled_from=pulled_from,
         )
 
 
-def _import_files_and_record(
-    store: BlobStore,
-    directory: Path,
-    namespace: str,
-    short: str,
-    manifest: dict[str, Any],
-    *,
-    db: str | None,
-    actor: str,
-    description: str | None,
-    tags: dict[str, str],
-    evals: Sequence[EvalInput],
-    lineage_verified: bool,
-    preferred_number: int | None,
-    details: dict[str, Any] | None,
-) -> PublishResult:
+def _import_files(
+    store: BlobStore, directory: Path, manifest: dict[str, Any], *, known: Mapping[str, KnownFile], values_checked: bool
+) -> None:
     for entry in manifest["files"]:
         rel = manifests.check_relative_path(entry["path"], "manifest")
         path = Path(directory) / rel
@@ -219,13 +244,17 @@ def _import_files_and_record(
                 f"file {rel!r} listed in the manifest is missing from {directory}",
                 hint="the download is incomplete; pull again",
             )
+        hashed = known.get(entry["path"])
+        if hashed is not None and (hashed.sha256, hashed.size) != (entry["sha256"], entry["size"]):
+            hashed = None
         if store.reuse(entry["sha256"]):
             # Already stored (a re-pull, or shared with another version): check, don't copy.
-            sha, size = sha256_file(path)
+            sha, size = (hashed.sha256, hashed.size) if hashed is not None else sha256_file(path)
         else:
             # A pull's files are links into the Hub client's cache, which never rewrites a file in
-            # place: link instead of copying (a 200 MB pull spent 0.8 s copying and fsyncing).
-            sha, size = store.link_file(path)
+            # place: link instead of copying (a 200 MB pull spent 0.8 s copying and fsyncing), and
+            # do not hash again what the caller hashed in this very inode.
+            sha, size = store.link_file(path, known=hashed)
         if sha != entry["sha256"] or size != entry["size"]:
             raise IntegrityError(
                 f"file {rel!r} is sha256:{sha} ({size} bytes) but the manifest says "
@@ -234,24 +263,10 @@ def _import_files_and_record(
                 expected=entry["sha256"],
                 found=sha,
             )
-    _check_manifest_describes(directory, manifest)
-    return _record_version(
-        db,
-        namespace,
-        short,
-        manifest,
-        actor=actor,
-        description=description,
-        tags=tags,
-        evals=evals,
-        lineage_verified=lineage_verified,
-        action="import",
-        preferred_number=preferred_number,
-        details=details,
-    )
+    _check_manifest_describes(directory, manifest, check_values=not values_checked)
 
 
-def _check_manifest_describes(directory: Path, manifest: dict[str, Any]) -> None:
+def _check_manifest_describes(directory: Path, manifest: dict[str, Any], *, check_values: bool = True) -> None:
     """Validate the files as an adapter (as ``publish`` does) and hold the manifest to them.
 
     A manifest's digest only proves the document is unchanged, not that its claims are true: a
@@ -259,7 +274,7 @@ def _check_manifest_describes(directory: Path, manifest: dict[str, Any]) -> None
     published adapter (safetensors only, shapes, finite values) and the manifest's PEFT facts,
     config and tensor list must be exactly what they yield.
     """
-    facts = adapter_reader.read_adapter(directory)
+    facts = adapter_reader.read_adapter(directory, check_values=check_values)
     files = [FileRecord(f["path"], f["sha256"], f["size"]) for f in manifest["files"]]
     rebuilt = manifests.build(facts, files, base_model=None, dataset=None, training={}, template=None,
                               parent_digest=None)
@@ -366,6 +381,9 @@ def _record_version(
     action: str,
     preferred_number: int | None = None,
     details: dict[str, Any] | None = None,
+    created_by: str | None = None,
+    created_at: datetime | None = None,
+    pulled_from: PulledFrom | None = None,
 ) -> PublishResult:
     manifest_bytes = manifests.encode(manifest)
     digest = PREFIX + sha256_bytes(manifest_bytes)
@@ -417,23 +435,29 @@ def _record_version(
             dataset_id=dataset_id(session, manifest.get("dataset")),
             parent_digest=manifest.get("parent"),
             lineage_verified=lineage_verified,
-            created_by=actor,
-            created_at=now,
+            created_by=created_by or actor,
+            created_at=created_at or now,
             status=ACTIVE,
         )
         session.add(row)
         session.flush()
         for f in manifest["files"]:
             session.add(FileRow(version_id=row.id, path=f["path"], sha256=f["sha256"], size=f["size"]))
-        for ev in evals:
-            add_eval_row(session, row.id, ev, actor, now)
+        for ev in evals:  # a pulled score without its own recorder is the publisher's
+            add_eval_row(session, row.id, ev, created_by or actor, now)
+        copy: dict[str, Any] = {}
+        if pulled_from is not None:
+            session.add(HubCopyRow(version_id=row.id, endpoint=pulled_from.endpoint, repo_id=pulled_from.repo_id,
+                                   commit_sha=pulled_from.commit_sha, tag=pulled_from.tag, pushed_at=now))
+            copy = {"endpoint": pulled_from.endpoint, "repo": pulled_from.repo_id, "commit": pulled_from.commit_sha,
+                    "tag": pulled_from.tag}
         subject = f"{namespace}/{name}@{number}"
         append_event(
             session,
             action=action,
             subject=subject,
             actor=actor,
-            details={"digest": digest, "files": len(manifest["files"]), **(details or {})},
+            details={"digest": digest, "files": len(manifest["files"]), **copy, **(details or {})},
         )
         session.flush()
         return PublishResult(version_info(session, row), created=True)

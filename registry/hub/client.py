@@ -18,10 +18,11 @@ imported inside the functions, never torch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from registry import settings
-from registry.digest import sha256_file
+from registry.adapters.reader import WEIGHTS_NAME
+from registry.adapters.tensorfile import StreamScan
+from registry.digest import CHUNK
 from registry.errors import HubError, IntegrityError, InvalidAdapterError, RegistryError, UsageError
 from registry.hub.format import (
     DEFAULT_BRANCH,
@@ -40,11 +43,26 @@ from registry.hub.format import (
     parse_hub_manifest,
 )
 from registry.refs import validate_name
+from registry.storage import KnownFile
 
 DOWNLOAD_WORKERS = 8
 
 SHA1 = re.compile(r"^[0-9a-f]{40}\Z")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}\Z")
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A downloaded file, checked in one read: sha256 and size (and, for the weights, every value).
+
+    ``path`` is the blob in the HF cache; ``known`` lets the blob store link it without hashing it
+    again; ``values_checked`` is True for a weights file whose floating-point values were all
+    scanned and found finite in that same read.
+    """
+
+    path: Path
+    known: KnownFile
+    values_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -356,8 +374,15 @@ class HubClient:
             reason="revision-not-found",
         )
 
-    def download(self, repo_id: str, filename: str, commit_sha: str) -> Path:
-        """Download one file pinned to ``commit_sha`` into the HF cache; returns its cached path."""
+    def download(
+        self, repo_id: str, filename: str, commit_sha: str, *, limit: int, too_large: Callable[[int], Exception]
+    ) -> Path:
+        """Download one file pinned to ``commit_sha`` into the HF cache; returns its cached path.
+
+        Reads at most ``limit`` bytes: a server that announces or sends more is cut off and
+        ``too_large(bytes seen)`` is raised, with nothing of the file left in the cache (the
+        client writes to a temp file it removes on error). A cached file is returned as it is.
+        """
         hit = self.cached(repo_id, filename, commit_sha)
         if hit is not None:
             return hit
@@ -372,6 +397,7 @@ class HubClient:
                     endpoint=self.endpoint,
                     token=self._token,
                     cache_dir=str(self.cache_dir),
+                    tqdm_class=_bounded_progress(limit, too_large),
                 )
             )
 
@@ -389,8 +415,16 @@ class HubClient:
     def read_version(self, repo_id: str, commit_sha: str) -> HubVersion:
         """Read and validate ``spr_manifest.json`` at ``commit_sha``."""
         where = f"{repo_id}@{commit_sha[:12]}/{MANIFEST_FILENAME}"
+
+        def too_large(seen: int) -> Exception:
+            return InvalidAdapterError(
+                f"{where} at {self.endpoint} is larger than {MAX_HUB_MANIFEST_BYTES} bytes, the limit for a manifest "
+                f"(refused after {seen} bytes)",
+                hint="the copy on the Hub is damaged or hostile; nothing was imported",
+            )
+
         try:
-            path = self.download(repo_id, MANIFEST_FILENAME, commit_sha)
+            path = self.download(repo_id, MANIFEST_FILENAME, commit_sha, limit=MAX_HUB_MANIFEST_BYTES, too_large=too_large)
         except HubError as exc:
             if exc.fields.get("reason") == "entry-not-found":
                 raise HubError(
@@ -399,41 +433,177 @@ class HubClient:
                     reason="no-manifest",
                 ) from None
             raise
-        if path.stat().st_size > MAX_HUB_MANIFEST_BYTES:
-            raise InvalidAdapterError(f"{where} is larger than {MAX_HUB_MANIFEST_BYTES} bytes")
-        return parse_hub_manifest(path.read_bytes(), repo_id=repo_id, commit_sha=commit_sha, where=where)
+        size = path.stat().st_size
+        if size > MAX_HUB_MANIFEST_BYTES:  # a cached file, written by something else
+            raise too_large(size)
+        with open(path, "rb") as f:
+            data = f.read(MAX_HUB_MANIFEST_BYTES + 1)
+        if len(data) > MAX_HUB_MANIFEST_BYTES:
+            raise too_large(len(data))
+        return parse_hub_manifest(data, repo_id=repo_id, commit_sha=commit_sha, where=where)
 
-    def fetch_files(self, repo_id: str, commit_sha: str, files: Sequence[dict[str, Any]]) -> dict[str, Path]:
-        """Download every file of a manifest pinned to ``commit_sha`` and check its sha256 and size.
+    def fetch_files(self, repo_id: str, commit_sha: str, files: Sequence[dict[str, Any]]) -> dict[str, FetchedFile]:
+        """Download every file of a manifest pinned to ``commit_sha`` and check it in one read.
 
-        Returns ``path -> cached file``. Raises :class:`IntegrityError` naming the first file that
-        differs; that file is evicted from the HF cache so a retry downloads it again.
+        Each download stops at the size the manifest gives (a server sending more is refused:
+        "larger than the manifest says"). Each file is then read once: sha256, size and, for the
+        weights, a NaN/Inf scan of every floating-point tensor. Returns ``path -> FetchedFile``.
+        Raises :class:`IntegrityError` naming the first file that differs (evicted from the HF
+        cache so a retry downloads it again), :class:`InvalidAdapterError` for non-finite values.
         """
-        def one(entry: dict[str, Any]) -> tuple[str, Path]:
-            return entry["path"], self.download(repo_id, hub_path(entry["path"]), commit_sha)
+        where = f"{repo_id}@{commit_sha[:12]}"
+
+        def one(entry: dict[str, Any]) -> tuple[str, FetchedFile]:
+            path, size = entry["path"], entry["size"]
+
+            def too_large(seen: int) -> Exception:
+                return IntegrityError(
+                    f"{where}: file {path!r} at {self.endpoint} is larger than the manifest says ({size} bytes): "
+                    f"refused after {seen} bytes",
+                    hint="the copy on the Hub was changed, or the server is hostile; nothing was imported",
+                    path=path,
+                )
+
+            cached = self.download(repo_id, hub_path(path), commit_sha, limit=size, too_large=too_large)
+            return path, _check_fetched(cached, entry, where)
 
         workers = max(1, min(DOWNLOAD_WORKERS, len(files)))
         if workers == 1:
-            fetched = dict(one(e) for e in files)
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spr-pull") as pool:
-                fetched = dict(pool.map(one, files))
-        for entry in files:
-            cached = fetched[entry["path"]]
-            real = Path(os.path.realpath(cached))
-            sha, size = sha256_file(real)
-            if sha != entry["sha256"] or size != entry["size"]:
-                _evict(cached, real)
-                raise IntegrityError(
-                    f"{repo_id}@{commit_sha[:12]}: file {entry['path']!r} is sha256:{sha} ({size} bytes) but the "
-                    f"manifest says sha256:{entry['sha256']} ({entry['size']} bytes)",
-                    hint="the copy on the Hub was changed or truncated after it was pushed; nothing was imported",
-                    path=entry["path"],
-                    expected=entry["sha256"],
-                    found=sha,
-                )
-            fetched[entry["path"]] = real
-        return fetched
+            return dict(one(e) for e in files)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spr-pull") as pool:
+            return dict(pool.map(one, files))
+
+
+def _check_fetched(cached: Path, entry: dict[str, Any], where: str) -> FetchedFile:
+    """Hash, size and (for the weights) scan a downloaded file in one read; evict it when it differs."""
+    real = Path(os.path.realpath(cached))
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(real, "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())  # the inode as it was before the read: a change during it shows
+        file_size = st.st_size
+        scan = StreamScan(file_size, f"{where}/{entry['path']}") if entry["path"] == WEIGHTS_NAME else None
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if scan is not None:
+                scan.feed(view[:n])
+            size += n
+    sha = h.hexdigest()
+    known = KnownFile(sha256=sha, size=size, device=st.st_dev, inode=st.st_ino, mtime_ns=st.st_mtime_ns)
+    if sha != entry["sha256"] or size != entry["size"]:
+        _evict(cached, real)
+        raise IntegrityError(
+            f"{where}: file {entry['path']!r} is sha256:{sha} ({size} bytes) but the "
+            f"manifest says sha256:{entry['sha256']} ({entry['size']} bytes)",
+            hint="the copy on the Hub was changed or truncated after it was pushed; nothing was imported",
+            path=entry["path"],
+            expected=entry["sha256"],
+            found=sha,
+        )
+    if scan is not None and scan.bad:
+        name, count = next(iter(scan.bad.items()))
+        raise InvalidAdapterError(
+            f"{where}/{entry['path']}: tensor {name!r} holds {count} non-finite values (NaN or Inf)",
+            hint="the publisher's training diverged; nothing was imported",
+        )
+    return FetchedFile(real, known, values_checked=scan is not None and scan.complete)
+
+
+def _bounded_progress(limit: int, too_large: Callable[[int], Exception]) -> type[Any]:
+    """A progress-bar class for ``hf_hub_download`` that refuses a body longer than ``limit`` bytes.
+
+    The client announces the expected size when it creates the bar and reports every chunk to
+    ``update`` before writing it, so raising there stops the read: at most ``limit`` bytes reach
+    the disk, and one chunk (10 MB) more is read from the socket. The bar shows as the client's own.
+    """
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class BoundedProgress(hf_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._spr_seen = int(kwargs.get("initial") or 0)
+            super().__init__(*args, **kwargs)
+            total = kwargs.get("total")
+            if total is not None and total > limit:
+                self.close()
+                raise too_large(int(total))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._spr_seen += int(n or 0)
+            if self._spr_seen > limit:
+                raise too_large(self._spr_seen)
+            return super().update(n)
+
+    return BoundedProgress
+
+
+class RefusalCleanup:
+    """Removes from the HF cache what a refused pull downloaded for the revisions it watched.
+
+    Use as a context manager around a pull: :meth:`watch` each ``(repo, commit)`` before its
+    first download. When the block raises :class:`IntegrityError` or :class:`InvalidAdapterError`
+    (the remote copy was refused: tampered, oversized, hostile), every snapshot file of a watched
+    commit that was not there before, and the blob it points to when that blob is new too, is
+    deleted, and folders left empty are removed: a refused pull leaves nothing of that revision
+    behind. Files that were cached before stay; other errors (network) keep what was downloaded,
+    since every later pull checks it again.
+    """
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self.cache_dir = cache_dir if cache_dir is not None else hub_cache_dir()
+        self._before: dict[tuple[str, str], tuple[set[str], set[str], set[str]]] = {}
+
+    def _folders(self, repo_id: str, commit_sha: str) -> tuple[Path, Path, Path]:
+        folder_name = "models--" + repo_id.replace("/", "--")
+        folder = self.cache_dir / folder_name
+        return folder, folder / "snapshots" / commit_sha, self.cache_dir / ".locks" / folder_name
+
+    def watch(self, repo_id: str, commit_sha: str) -> None:
+        if (repo_id, commit_sha) in self._before or not SHA1.match(commit_sha):
+            return
+        folder, snapshot, locks = self._folders(repo_id, commit_sha)
+        self._before[(repo_id, commit_sha)] = (_names(snapshot, recursive=True), _names(folder / "blobs"), _names(locks))
+
+    def __enter__(self) -> RefusalCleanup:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if kind is not None and issubclass(kind, (IntegrityError, InvalidAdapterError)):
+            self.clean()
+
+    def clean(self) -> None:
+        for (repo_id, commit_sha), (pointers, blobs, lock_names) in self._before.items():
+            folder, snapshot, locks = self._folders(repo_id, commit_sha)
+            for rel in sorted(_names(snapshot, recursive=True) - pointers):
+                pointer = snapshot / rel
+                target = Path(os.path.realpath(pointer))
+                with contextlib.suppress(OSError):
+                    pointer.unlink()
+                if target.parent == folder / "blobs" and target.name not in blobs:
+                    with contextlib.suppress(OSError):
+                        target.unlink()
+            for name in _names(locks) - lock_names:
+                with contextlib.suppress(OSError):
+                    (locks / name).unlink()
+            for directory in sorted((p for p in snapshot.rglob("*") if p.is_dir()), reverse=True):
+                _remove_if_empty(directory)
+            for directory in (snapshot, folder / "snapshots", folder / "blobs", folder / "refs", folder, locks):
+                _remove_if_empty(directory)
+
+
+def _names(directory: Path, *, recursive: bool = False) -> set[str]:
+    """Names of the files (and symlinks) in ``directory``, relative to it; empty when it is absent."""
+    if not directory.is_dir():
+        return set()
+    if not recursive:
+        return {p.name for p in directory.iterdir() if not p.is_dir() or p.is_symlink()}
+    return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir() or p.is_symlink()}
+
+
+def _remove_if_empty(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def _same_endpoint(a: str, b: str) -> bool:

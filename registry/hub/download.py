@@ -13,16 +13,17 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from registry import catalogue, settings
 from registry.adapters import manifest as manifests
 from registry.adapters.reader import COMPANION_FILES, CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
 from registry.digest import parse_digest, sha256_file
 from registry.errors import HubError, IntegrityError, InvalidAdapterError, NotFoundError, UsageError
-from registry.hub.client import SHA1, HubClient, parse_repo_spec
+from registry.hub.client import SHA1, FetchedFile, HubClient, RefusalCleanup, parse_repo_spec
 from registry.hub.format import DEFAULT_BRANCH, MANIFEST_FILENAME, HubVersion
 from registry.refs import Ref, parse_ref, split_name
 from registry.storage import BlobStore, open_store
@@ -101,22 +102,24 @@ def pull(
         expected = None
         source = "hub"
         tag = tag or (spec.revision if spec.revision and not SHA1.match(spec.revision) else None)
-    remote = hub.read_version(repo_id, commit_sha)
-    if expected is not None and remote.digest != expected:
-        raise IntegrityError(
-            f"{repo_id}@{commit_sha[:12]} at {hub.endpoint} holds {remote.digest}, but the catalogue's "
-            f"{local.ref if local else target} is {expected}",
-            hint="the hub copy was replaced; do not use it",
-            expected=expected,
-            found=remote.digest,
-        )
-    present = present_version(import_as, remote.digest, db, store)
-    if present is None:
-        files = hub.fetch_files(repo_id, commit_sha, remote.manifest["files"])
-        version, created = import_verified(remote, files, import_as, hub, db=db, store=store)
-    else:  # already imported and verified then: the blob store, not the HF cache, is what counts now
-        version, created = present, False
     hub_tag = revision if (local is not None) else (tag if source == "hub" else None)
+    with RefusalCleanup(hub.cache_dir) as cleanup:  # a refused pull leaves nothing of the revision in the HF cache
+        cleanup.watch(repo_id, commit_sha)
+        remote = hub.read_version(repo_id, commit_sha)
+        if expected is not None and remote.digest != expected:
+            raise IntegrityError(
+                f"{repo_id}@{commit_sha[:12]} at {hub.endpoint} holds {remote.digest}, but the catalogue's "
+                f"{local.ref if local else target} is {expected}",
+                hint="the hub copy was replaced; do not use it",
+                expected=expected,
+                found=remote.digest,
+            )
+        present = present_version(import_as, remote.digest, db, store)
+        if present is None:
+            files = hub.fetch_files(repo_id, commit_sha, remote.manifest["files"])
+            version, created = import_verified(remote, files, import_as, hub, db=db, store=store, tag=hub_tag)
+        else:  # already imported and verified then: the blob store, not the HF cache, is what counts now
+            version, created = present, False
     version = record_pull(version, hub, repo_id, commit_sha, hub_tag, db=db)
     written = write_to(version, Path(to), db=db) if to is not None else None
     return PullResult(
@@ -196,7 +199,9 @@ def find_version(name: str, digest: str, db: str | None) -> VersionInfo | None:
 def _staging(files: dict[str, Path]) -> Iterator[Path]:
     """A private directory holding ``files`` as regular files (hard links where possible).
 
-    The HF cache keeps files as symlinks, which the catalogue rightly refuses to follow.
+    The HF cache keeps files as symlinks, which the catalogue rightly refuses to follow. A hard
+    link is the same inode, so what the pull hashed is what the catalogue links (see
+    :class:`registry.storage.KnownFile`).
     """
     root = settings.home() / "tmp"
     root.mkdir(parents=True, exist_ok=True)
@@ -223,31 +228,39 @@ def present_version(name: str, digest: str, db: str | None, store: BlobStore) ->
 
 
 def import_verified(
-    remote: HubVersion, files: dict[str, Path], name: str, hub: HubClient, *, db: str | None, store: BlobStore
+    remote: HubVersion, files: dict[str, FetchedFile], name: str, hub: HubClient, *, db: str | None,
+    store: BlobStore, tag: str | None = None,
 ) -> tuple[VersionInfo, bool]:
-    """Import a fetched and verified Hub version as ``name`` (nothing when ``store`` already holds it)."""
+    """Import a fetched and verified Hub version as ``name`` (nothing when ``store`` already holds it).
+
+    The version keeps the publisher's author, creation time and eval-score times from the
+    manifest's record; the import is a ``pull`` event by the local user, with the hub copy.
+    """
     existing = present_version(name, remote.digest, db, store)
     if existing is not None:
         return existing, False
     record = remote.record
-    with _staging(files) as staging:
+    weights = files.get(WEIGHTS_NAME)
+    with _staging({path: f.path for path, f in files.items()}) as staging:
         result = catalogue.import_manifest(
             staging,
             name,
             remote.manifest,
             db=db,
             author=record.author,
+            created_at=record.created_at,
             description=record.description,
             tags=record.tags,
             evals=record.evals,
             lineage_verified=True,
             preferred_number=record.number,
+            pulled_from=catalogue.PulledFrom(hub.endpoint, remote.repo_id, remote.commit_sha, tag),
+            known={path: f.known for path, f in files.items()},
+            values_checked=weights is not None and weights.values_checked,
             details={
-                "endpoint": hub.endpoint,
-                "repo": remote.repo_id,
-                "commit": remote.commit_sha,
                 "published_as": f"{record.namespace}/{record.name}@{record.number}",
-                "pulled_by": settings.current_actor(),
+                "published_by": record.author,
+                "published_at": record.created_at.isoformat() if record.created_at else None,
             },
         )
     return result.version, result.created
@@ -331,17 +344,22 @@ def import_repo(
             hint="ask the publisher to push safetensors weights (save_pretrained(safe_serialization=True))",
         )
     wanted = [p for p in (CONFIG_NAME, WEIGHTS_NAME, *COMPANION_FILES) if p in tree]
-    downloaded: dict[str, Path] = {}
-    for path in wanted:
-        downloaded[path] = Path(os.path.realpath(hub.download(spec.repo_id, path, commit_sha)))
     import_as = _import_name(name, spec.repo_id)
     options = catalogue.PublishOptions(
         description=description,
         tags={"hub.repo": spec.repo_id, "hub.commit": commit_sha, "hub.endpoint": hub.endpoint, "source": "hub-import"},
         lineage_verified=False,
     )
-    with _staging(downloaded) as staging:
-        result = catalogue.publish(staging, import_as, db=db, options=options)
+    with RefusalCleanup(hub.cache_dir) as cleanup:
+        cleanup.watch(spec.repo_id, commit_sha)
+        downloaded: dict[str, Path] = {}
+        for path in wanted:
+            downloaded[path] = Path(os.path.realpath(
+                hub.download(spec.repo_id, path, commit_sha, limit=_listed_size(tree[path]), too_large=_larger_than_listed(
+                    spec.repo_id, commit_sha, path, hub.endpoint))
+            ))
+        with _staging(downloaded) as staging:
+            result = catalogue.publish(staging, import_as, db=db, options=options)
     version = catalogue.record_hub_copy(
         result.version.ref, endpoint=hub.endpoint, repo_id=spec.repo_id, commit_sha=commit_sha, tag=tag, db=db,
         action="hub-import",
@@ -357,3 +375,23 @@ def import_repo(
         base_model=version.base_model.name if version.base_model else None,
         version=version,
     )
+
+
+def _listed_size(item: Any) -> int:
+    """The size the repo's file listing gives (what an import may download), refusing a malformed one."""
+    size = getattr(item, "size", None)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise HubError(f"the Hub listed {getattr(item, 'path', '?')!r} with a malformed size: {str(size)[:40]!r}")
+    return size
+
+
+def _larger_than_listed(repo_id: str, commit_sha: str, path: str, endpoint: str) -> Callable[[int], Exception]:
+    def too_large(seen: int) -> Exception:
+        return IntegrityError(
+            f"{repo_id}@{commit_sha[:12]}: file {path!r} at {endpoint} is larger than the repo's listing says: "
+            f"refused after {seen} bytes",
+            hint="the server is damaged or hostile; nothing was imported",
+            path=path,
+        )
+
+    return too_large

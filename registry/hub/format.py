@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from registry import catalogue
@@ -43,7 +44,7 @@ class HubRecord:
     name: str
     number: int
     author: str | None
-    created_at: str | None
+    created_at: datetime | None  # when the publisher created the version (UTC)
     description: str | None
     tags: dict[str, str]
     evals: tuple[catalogue.EvalInput, ...]
@@ -151,6 +152,21 @@ def parse_hub_manifest(data: bytes, *, repo_id: str, commit_sha: str, where: str
     return HubVersion(repo_id=repo_id, commit_sha=commit_sha, digest=digest, manifest=manifest, record=record)
 
 
+def _parse_time(value: Any, label: str, bad: Callable[[str], InvalidAdapterError]) -> datetime | None:
+    """A UTC time as :func:`_iso` writes it (or any ISO 8601 time with an offset), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise bad(f"{label} must be an ISO 8601 time")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad(f"{label} must be an ISO 8601 time, not {value[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise bad(f"{label} must carry its offset (e.g. 'Z'), not {value[:40]!r}")
+    return moment.astimezone(timezone.utc)
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
@@ -209,13 +225,19 @@ def _parse_record(raw: Any, where: str) -> HubRecord:
             info = dataset_from_digest(dataset, dataset_name) if dataset is not None else None
         except (UsageError, AttributeError, TypeError):
             raise bad(f"eval score {metric!r}: malformed dataset digest") from None
-        evals.append(catalogue.EvalInput(metric=metric, value=float(value), dataset=info, dataset_name=dataset_name, split=split))
+        recorded_by = s.get("recorded_by")
+        if recorded_by is not None and (not isinstance(recorded_by, str) or not recorded_by or len(recorded_by) > 200):
+            raise bad(f"eval score {metric!r}: malformed recorded_by (a string of at most 200 characters)")
+        evals.append(catalogue.EvalInput(
+            metric=metric, value=float(value), dataset=info, dataset_name=dataset_name, split=split,
+            recorded_by=recorded_by, recorded_at=_parse_time(s.get("recorded_at"), f"eval score {metric!r}: recorded_at", bad),
+        ))
     return HubRecord(
         namespace=namespace,
         name=name,
         number=number,
         author=opt_text("author", 200),
-        created_at=opt_text("created_at", 40),
+        created_at=_parse_time(raw.get("created_at"), "created_at", bad),
         description=opt_text("description", 100_000),
         tags=tags,
         evals=tuple(evals),

@@ -13,7 +13,7 @@ from typing import Any
 from registry import catalogue, settings
 from registry.errors import HubError, IntegrityError, LockfileDriftError, NotFoundError, UsageError
 from registry.hub import lockfile
-from registry.hub.client import HubClient, parse_repo_spec
+from registry.hub.client import FetchedFile, HubClient, RefusalCleanup, parse_repo_spec
 from registry.hub.download import (
     dir_matches,
     find_version,
@@ -98,7 +98,7 @@ def _lock_entry(text: str, *, db: str | None, endpoint: str | None) -> lockfile.
             )
         copy = pick_copy(version, endpoint)
         return lockfile.LockEntry(
-            name=version.full_name,
+            name=copy.repo_id,  # where sync lands it: the rule for every Hub route (README, "Sharing through the Hub")
             version=version.number,
             digest=version.digest,
             repo=copy.repo_id,
@@ -168,20 +168,26 @@ def sync(
         for entry in locked.entries:
             _check_target_dir(entry, _sync_dir(Path(to), entry), frozen=frozen)
     refs_cache: dict[tuple[str, str], dict[str, str]] = {}
-    fetched: list[tuple[lockfile.LockEntry, HubClient, HubVersion, dict[str, Path] | None]] = []
-    for entry in locked.entries:
-        hub = clients[settings.hub_endpoint(endpoint) if endpoint else entry.endpoint]
-        present = present_version(entry.name, entry.digest, db, store)
-        remote, files = _fetch_locked(entry, hub, frozen=frozen, refs_cache=refs_cache, download=present is None)
-        if frozen:
-            _check_frozen_catalogue(entry, db)
-        fetched.append((entry, hub, remote, files))
+    fetched: list[tuple[lockfile.LockEntry, HubClient, HubVersion, dict[str, FetchedFile] | None]] = []
     items = []
-    for entry, hub, remote, files in fetched:
-        if files is None:
-            version, created = catalogue.get_version(f"{entry.name}@{entry.digest}", db=db), False
-        else:
-            version, created = import_verified(remote, files, entry.name, hub, db=db, store=store)
+    # A refused sync (drift, tampered or oversized bytes) leaves nothing it downloaded in the HF cache.
+    with RefusalCleanup() as cleanup:  # drift is an IntegrityError: a refusal
+        for entry in locked.entries:
+            hub = clients[settings.hub_endpoint(endpoint) if endpoint else entry.endpoint]
+            cleanup.watch(entry.repo, entry.commit)
+            present = present_version(entry.name, entry.digest, db, store)
+            remote, files = _fetch_locked(entry, hub, frozen=frozen, refs_cache=refs_cache, download=present is None)
+            if frozen:
+                _check_frozen_catalogue(entry, db)
+            fetched.append((entry, hub, remote, files))
+        imported = []
+        for entry, hub, remote, files in fetched:
+            if files is None:
+                version, created = catalogue.get_version(f"{entry.name}@{entry.digest}", db=db), False
+            else:
+                version, created = import_verified(remote, files, entry.name, hub, db=db, store=store, tag=entry.tag)
+            imported.append((entry, hub, version, created))
+    for entry, hub, version, created in imported:
         version = record_pull(version, hub, entry.repo, entry.commit, entry.tag, db=db)
         written = None
         if to is not None:
@@ -207,7 +213,7 @@ def _drift(entry: lockfile.LockEntry, message: str, hint: str, **fields: Any) ->
 def _fetch_locked(
     entry: lockfile.LockEntry, hub: HubClient, *, frozen: bool, refs_cache: dict[tuple[str, str], dict[str, str]],
     download: bool = True,
-) -> tuple[HubVersion, dict[str, Path] | None]:
+) -> tuple[HubVersion, dict[str, FetchedFile] | None]:
     regenerate = "if the change is intended, regenerate the lockfile with 'spr lock'"
     if frozen and entry.tag:
         key = (hub.endpoint, entry.repo)

@@ -97,7 +97,10 @@ def _read_remote(hub: HubClient, repo_id: str, revision: str | None, where: str,
         sibling = siblings.get(filename)
         if sibling is not None and sibling.size is not None and sibling.size > limit:
             raise InvalidBaseModelError(f"{where}: {filename} is {sibling.size} bytes (limit {limit})", hint="check the repo")
-        path = hub.download(repo_id, filename, commit)
+        def too_large(seen: int) -> Exception:
+            return InvalidBaseModelError(f"{where}: {filename} is larger than {limit} bytes", hint="check the repo")
+
+        path = hub.download(repo_id, filename, commit, limit=limit, too_large=too_large)
         if path.stat().st_size > limit:
             raise InvalidBaseModelError(f"{where}: {filename} is larger than {limit} bytes", hint="check the repo")
         return path.read_bytes()

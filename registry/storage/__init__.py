@@ -30,6 +30,22 @@ class BlobStat:
     mtime: float
 
 
+@dataclass(frozen=True)
+class KnownFile:
+    """A file already hashed by its caller, and the inode state it was hashed in.
+
+    :meth:`BlobStore.link_file` may store it without hashing it again, when the inode it links is
+    this one and unchanged since (same device, inode, size and modification time, taken before
+    the caller read it); any other store, or any difference, hashes as usual.
+    """
+
+    sha256: str
+    size: int
+    device: int
+    inode: int
+    mtime_ns: int
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """What the registry needs from a place that keeps blobs.
@@ -60,10 +76,13 @@ class BlobStore(Protocol):
         """Store a file's bytes; returns ``(sha256, size)``."""
         ...
 
-    def link_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
+    def link_file(
+        self, source: Path, progress: ProgressCallback | None = None, *, known: KnownFile | None = None
+    ) -> tuple[str, int]:
         """Store a file that another content-addressed cache holds and never rewrites.
 
         A store on the same filesystem may hard-link instead of copying; any other stores a copy.
+        ``known``: the caller already hashed this very inode (see :class:`KnownFile`).
         """
         ...
 
@@ -178,4 +197,4 @@ def open_store(location: str | Path | None = None) -> BlobStore:
 
 from registry.storage.local import LocalBlobStore, atomic_write_bytes  # noqa: E402  (re-exported)
 
-__all__ = ["BlobStat", "BlobStore", "LocalBlobStore", "atomic_write_bytes", "open_store"]
+__all__ = ["BlobStat", "BlobStore", "KnownFile", "LocalBlobStore", "atomic_write_bytes", "open_store"]

@@ -27,7 +27,7 @@ try:
 except ImportError:  # Windows: no flock; gc then relies on its grace period alone
     fcntl = None  # type: ignore[assignment]
 from registry.errors import DigestMismatchError, IntegrityError, NotFoundError
-from registry.storage import BlobStat  # defined before registry.storage imports this module
+from registry.storage import BlobStat, KnownFile  # defined before registry.storage imports this module
 
 TMP_PREFIX = ".tmp-"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -140,12 +140,16 @@ class LocalBlobStore:
             tmp.unlink(missing_ok=True)
             raise
 
-    def link_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
+    def link_file(
+        self, source: Path, progress: ProgressCallback | None = None, *, known: KnownFile | None = None
+    ) -> tuple[str, int]:
         """Store ``source`` by hard link (no copy) when it is on the store's filesystem.
 
         For files that another content-addressed store already holds and never rewrites in place
         (the Hub client's cache): the linked inode itself is hashed, so what is stored under a
-        digest is exactly what hashes to it. Falls back to :meth:`put_file` across filesystems.
+        digest is exactly what hashes to it, unless ``known`` says the caller hashed this very
+        inode and it is unchanged since (a pull hashes and scans each file in one pass and does
+        not read it again). Falls back to :meth:`put_file` across filesystems.
         """
         shard_tmp = self.root / "sha256"
         shard_tmp.mkdir(parents=True, exist_ok=True)
@@ -155,7 +159,10 @@ class LocalBlobStore:
         except OSError:
             return self.put_file(source, progress)
         try:
-            digest, size = sha256_file(tmp, progress)
+            if known is not None and _same_inode(tmp, known):
+                digest, size = known.sha256, known.size
+            else:
+                digest, size = sha256_file(tmp, progress)
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -333,6 +340,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _same_inode(path: Path, known: KnownFile) -> bool:
+    """Whether ``path`` is the inode ``known`` describes, unchanged since it was hashed."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (known.device, known.inode, known.size, known.mtime_ns)
 
 
 def _hashing_copy(src: IO[bytes], directory: Path, progress: ProgressCallback | None) -> tuple[Path, str, int]:

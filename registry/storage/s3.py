@@ -51,7 +51,7 @@ from registry.errors import (
     NotFoundError,
     UsageError,
 )
-from registry.storage import BlobStat
+from registry.storage import BlobStat, KnownFile
 from registry.storage.s3_io import (
     MISSING,
     BodyReader,
@@ -225,8 +225,10 @@ class S3BlobStore:
             sent = self._upload(src, sha, where=str(source), progress=progress)
         return sha, sent
 
-    def link_file(self, source: Path, progress: ProgressCallback | None = None) -> tuple[str, int]:
-        """A bucket cannot link: same as :meth:`put_file`."""
+    def link_file(
+        self, source: Path, progress: ProgressCallback | None = None, *, known: KnownFile | None = None
+    ) -> tuple[str, int]:
+        """A bucket cannot link: same as :meth:`put_file` (the bytes are hashed again on the way up)."""
         return self.put_file(source, progress)
 
     def put_stream(
