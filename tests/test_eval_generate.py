@@ -152,8 +152,11 @@ def _direct_generation(base: Path, adapter: Path | None, text: str, max_new_toke
     model.eval()
     enc = tok(text, return_tensors="pt")
     with torch.no_grad():
+        # Uncached for a soft prompt, as spr decodes: PEFT's cached decoding of a prompt-tuned model
+        # drifts from a step-by-step forward pass (test_generate_text_equals_a_forward_pass_per_token).
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.5,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                             use_cache=adapter is None)
     return str(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
 
 
@@ -199,3 +202,30 @@ def test_rouge_l_properties(a: str, b: str) -> None:
     assert score == pytest.approx(evaluation.rouge_l(b, a))  # F1 is symmetric
     assert evaluation.rouge_l(a, a) == 1.0
     assert (score == 1.0) == (a.split() == b.split())
+
+
+def test_generate_text_equals_a_forward_pass_per_token(tiny_llama_gqa: Path, tmp_path: Path) -> None:
+    """spr's greedy decoding of a soft prompt is the model's own argmax, token by token.
+
+    With transformers 5.x and PEFT 0.21, ``PeftModel.generate`` of a prompt-tuned model with the KV
+    cache drifts from a step-by-step forward pass after the first token (seen on Llama here and on
+    the pretrained BLOOM of ``spr demo``); :func:`evaluation.generate_text` decodes uncached for
+    soft prompts and must match the forward pass exactly.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = toymodels.make_adapter(tiny_llama_gqa, tmp_path / "pt", "PROMPT_TUNING", num_virtual_tokens=6)
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_gqa))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama_gqa)), str(adapter)).eval()
+    prompt = "I want to start running every morning"
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    cur = ids
+    for _ in range(12):
+        with torch.no_grad():
+            logits = model(input_ids=cur, attention_mask=torch.ones_like(cur)).logits
+        cur = torch.cat([cur, logits[0, -1].argmax().view(1, 1)], dim=1)
+    by_hand = tok.decode(cur[0, ids.shape[1]:], skip_special_tokens=True)
+    ours = evaluation.generate_text(model, tok, prompt, seq2seq=False, max_new_tokens=12, repetition_penalty=1.0, device="cpu")
+    assert ours == by_hand

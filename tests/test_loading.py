@@ -13,6 +13,7 @@ from registry.catalogue import PublishOptions
 from registry.demo import toymodels
 from registry.errors import IncompatibleError, NotFoundError, UsageError
 from registry.ml import loading
+from registry.ml.evaluation import _prepends_soft_prompt
 from registry.storage import LocalBlobStore
 
 PROMPT = "I want you to act as a motivational coach. My first request is:"
@@ -40,6 +41,7 @@ def greedy(model: Any, base: Path) -> str:
         out = model.generate(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=16, do_sample=False,
             repetition_penalty=1.5, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            use_cache=not _prepends_soft_prompt(model),  # as generate_text decodes (see its docstring)
         )
     return str(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
 

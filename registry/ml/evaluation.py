@@ -336,6 +336,21 @@ def generate(
     )
 
 
+def _prepends_soft_prompt(model: Any) -> bool:
+    """True for a PEFT model whose active adapter is prompt tuning or p-tuning.
+
+    With transformers 5.x and PEFT 0.21, PEFT's *cached* greedy decoding of such a model drifts from
+    a step-by-step forward pass after the first token or so (seen on Llama in
+    ``tests/test_eval_generate.py`` and on the pretrained BLOOM of ``spr demo``); uncached decoding
+    matches it. Soft-prompt outputs here are short, so the uncached cost is small.
+    """
+    config = getattr(model, "peft_config", None)
+    if not isinstance(config, dict):
+        return False
+    active = config.get(getattr(model, "active_adapter", "default"))
+    return str(getattr(active, "peft_type", "")).rsplit(".", 1)[-1] in ("PROMPT_TUNING", "P_TUNING")
+
+
 def generate_text(
     model: Any, tokenizer: Any, text: str, *, seq2seq: bool, max_new_tokens: int, repetition_penalty: float, device: str
 ) -> str:
@@ -357,6 +372,7 @@ def generate_text(
             repetition_penalty=repetition_penalty,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            use_cache=not _prepends_soft_prompt(model),
         )
     new = out[0] if seq2seq else out[0, input_ids.shape[1] :]
     return str(tokenizer.decode(new, skip_special_tokens=True))
