@@ -34,15 +34,21 @@ if TYPE_CHECKING:
 @click.option("--description", help="What this soft prompt is for.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
 @click.option("--author", help="Who publishes (default: git user.name, else the OS user).")
+@click.option("--sign-key", type=click.Path(path_type=Path, dir_okay=False), metavar="PRIVATE_KEY.pem",
+              help="Sign the new version with this EC key (see 'spr sign'; password from $SPR_SIGN_KEY_PASSWORD).")
 @json_option
 @pass_app
 def publish(
     app: AppContext, directory: Path, name: str, base_model: str | None, dataset: Path | None,
     dataset_digest: str | None, evals: tuple[str, ...], parent: str | None, training_args: Path | None,
     template: str | None, description: str | None, tags: tuple[str, ...], author: str | None,
+    sign_key: Path | None,
 ) -> None:
     """Publish the PEFT adapter in DIRECTORY as a new version of NAME."""
     from registry import catalogue
+    from registry.cli import trust_cmds
+
+    signer = trust_cmds.signer_for_publish(sign_key)  # a key that cannot sign fails before publishing
 
     options = catalogue.PublishOptions(
         base_model=base_model,
@@ -60,11 +66,15 @@ def publish(
     with hashing_progress(total, f"hashing {directory.name}") as progress:
         result = catalogue.publish(directory, name, db=app.db, options=options, progress=progress)
 
+    signature = signer(result.version.ref, app.db, author) if signer else None
+
     def render() -> None:
         verb = "published" if result.created else "already published (identical content)"
         click.echo(f"{verb} {result.version.ref} {result.version.digest}")
+        if signature is not None:
+            click.echo(f"signed by {signature['signer']} ({signature['key_fingerprint'][:23]}…)")
 
-    emit(app, {"created": result.created, "version": result.version}, render)
+    emit(app, {"created": result.created, "version": result.version, "signature": signature}, render)
 
 
 @cli.command()
@@ -74,9 +84,16 @@ def publish(
 def show(app: AppContext, ref: str) -> None:
     """Show everything recorded about a version."""
     from registry import catalogue
+    from registry.cli import trust_cmds
 
     version = catalogue.get_version(ref, db=app.db)
-    emit(app, version, lambda: render_version(version))
+    signatures = trust_cmds.signature_rows(version, app.db)
+
+    def render() -> None:
+        render_version(version)
+        trust_cmds.render_signatures(signatures)
+
+    emit(app, {**dataclasses.asdict(version), "signatures": signatures}, render)
 
 
 def render_version(v: VersionInfo) -> None:

@@ -10,6 +10,7 @@ from registry.cli import (  # noqa: F401  (importing registers the commands)
     hub_cmds,
     ops_cmds,
     train_cmds,
+    trust_cmds,
     verify_cmds,
 )
 from registry.cli.app import cli, run

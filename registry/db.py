@@ -202,9 +202,13 @@ def _script_location() -> Path:
 
 def alembic_config(engine: Engine) -> Any:
     """An Alembic ``Config`` for ``engine`` with the installed migrations (for tests and ``spr db``)."""
+    import sys
+
     from alembic.config import Config
 
-    cfg = Config()
+    # Config's default stdout is sys.stdout as it was when alembic was first imported (a default
+    # argument), which under a test's output capture is a stream closed later: read it now.
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(_script_location()))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     return cfg

@@ -1,0 +1,122 @@
+"""Trust: signed versions (OpenSSF ``model-signing``), trust policies and signed audit checkpoints.
+
+The public surface of the room:
+
+- :func:`sign` / :func:`attach`: sign a version with a key or certificate, or store a bundle made
+  elsewhere (``model_signing sign`` over an exported directory); either is verified against the
+  version before anything is stored, then recorded with a ``sign`` event.
+- :func:`check` / :func:`enforce`: verify a version's stored signatures and judge them under the
+  trust policy (``--trust-policy`` or ``$SPR_TRUST_POLICY``); ``enforce`` raises
+  :class:`~registry.errors.UntrustedError` (exit 3) when the policy refuses.
+- :mod:`registry.trust.checkpoint`: signed statements of the audit chain's head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry import catalogue, settings
+from registry.catalogue import signatures as signature_rows
+from registry.errors import SignatureError
+from registry.trust import signing
+from registry.trust.policy import Policy, SignatureCheck, TrustReport, load_policy
+from registry.types import SignatureInfo, VersionInfo
+
+
+@dataclass(frozen=True)
+class SignResult:
+    signature: SignatureInfo
+    created: bool  # False when this key had already signed the version (the stored one is returned)
+
+
+def sign(
+    ref: str, key: Path | str, *, certificate: Path | str | None = None, chain: Sequence[Path | str] = (),
+    password: str | None = None, db: str | None = None, actor: str | None = None,
+) -> SignResult:
+    """Sign version ``ref`` with the EC private key ``key`` (PEM) and store the bundle.
+
+    With ``certificate`` (and ``chain``), the bundle carries the certificate chain and names the
+    certificate's identity as signer. Raises :class:`~registry.errors.SigningKeyError` for a key or
+    certificate that cannot sign; nothing is stored then.
+    """
+    version = catalogue.get_version(ref, db=db)
+    signed = signing.sign_version(
+        version, Path(key), certificate=Path(certificate) if certificate else None,
+        chain=[Path(c) for c in chain], password=password,
+    )
+    return _store(version, signed, db=db, actor=actor)
+
+
+def attach(
+    ref: str, bundle: Path | str, *, public_key: Path | str | None = None, db: str | None = None,
+    actor: str | None = None,
+) -> SignResult:
+    """Store a bundle made elsewhere (e.g. ``model_signing sign`` over an exported directory).
+
+    A key bundle needs the signer's ``public_key``; a certificate bundle carries its chain. The
+    bundle must sign exactly this version's files and ``spr_manifest.json``; otherwise
+    :class:`~registry.errors.SignatureError` and nothing is stored.
+    """
+    version = catalogue.get_version(ref, db=db)
+    path = Path(bundle)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(signing.MAX_BUNDLE_BYTES + 1)
+    except FileNotFoundError:
+        raise SignatureError(f"signature bundle {path} does not exist", hint="check the path") from None
+    pem = None
+    if public_key is not None:
+        pem = signing.public_pem(signing.load_public_key(Path(public_key)))
+    signed = signing.verify_bundle(version, data, public_key_pem=pem)
+    return _store(version, signed, db=db, actor=actor)
+
+
+def _store(version: VersionInfo, signed: signing.SignedBundle, *, db: str | None, actor: str | None) -> SignResult:
+    info, created = signature_rows.add_signature(
+        version.ref, version.digest,
+        signature_rows.NewSignature(signed.kind, signed.signer, signed.key_fingerprint, signed.public_key, signed.bundle),
+        db=db, actor=actor,
+    )
+    return SignResult(info, created)
+
+
+def signatures(ref: str, *, db: str | None = None) -> list[SignatureInfo]:
+    """The stored signatures of ``ref``, oldest first (not verified: see :func:`check`)."""
+    return signature_rows.signatures(ref, db=db)
+
+
+def active_policy(override: Path | str | None = None) -> Policy | None:
+    """The trust policy in force: ``override``, else ``$SPR_TRUST_POLICY``, else none."""
+    path = settings.trust_policy_path(override)
+    return load_policy(path) if path is not None else None
+
+
+def check(
+    version: VersionInfo | str, *, policy: Policy | None = None, policy_path: Path | str | None = None,
+    db: str | None = None,
+) -> TrustReport:
+    """Verify the stored signatures of ``version`` and judge them under the policy in force."""
+    from registry.trust import policy as policies
+
+    if isinstance(version, str):
+        version = catalogue.get_version(version, db=db)
+    if policy is None:
+        policy = active_policy(policy_path)
+    return policies.check(version, signature_rows.signatures(version.ref, db=db), policy)
+
+
+def enforce(
+    version: VersionInfo | str, *, policy_path: Path | str | None = None, db: str | None = None
+) -> TrustReport:
+    """:func:`check`, raising :class:`~registry.errors.UntrustedError` (exit 3) when the policy refuses."""
+    report = check(version, policy_path=policy_path, db=db)
+    report.raise_if_refused()
+    return report
+
+
+__all__ = [
+    "Policy", "SignResult", "SignatureCheck", "TrustReport", "active_policy", "attach", "check", "enforce",
+    "load_policy", "sign", "signatures",
+]
