@@ -431,3 +431,96 @@ def test_bad_policies_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
     policy = write_policy(tmp_path / "policy.toml", text)
     code, _, err = spr(capsys, "trust", "check", ref, "--trust-policy", str(policy))
     assert code == 2 and expected in err and err.count("\n") == 1, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit: guards, stored signatures, checkpoints
+
+
+def kinds(problems: list[Any]) -> list[tuple[str, str]]:
+    return [(p.severity, p.kind) for p in problems]
+
+
+def test_a_clean_catalogue_has_no_trust_problems(tmp_path: Path, keys: dict[str, KeyPair]) -> None:
+    ref = publish(tmp_path)
+    trust.sign(ref, keys["alice"].private)
+    ca = write_ca_chain(tmp_path / "pki", "acme", "release@acme.example")
+    trust.sign(ref, ca.key, certificate=ca.certificate, chain=ca.chain)
+    assert trust.audit_problems() == []
+
+
+def test_dropped_triggers_are_reported(tmp_path: Path) -> None:
+    publish(tmp_path)
+    drop_guard("guard_event_delete", "event")
+    drop_guard("guard_signature_update", "signature")
+    problems = trust.audit_problems()
+    assert kinds(problems) == [("error", "guard-missing"), ("error", "guard-missing")]
+    assert "guard_event_delete" in problems[0].message and problems[0].subject == "event"
+    assert "guard_signature_update" in problems[1].message
+
+
+def test_an_edited_signature_row_is_reported(tmp_path: Path, keys: dict[str, KeyPair]) -> None:
+    ref = publish(tmp_path)
+    trust.sign(ref, keys["alice"].private)
+    drop_guard("guard_signature_update", "signature")
+    [stored] = trust.signatures(ref)
+    doc = json.loads(stored.bundle)
+    doc["dsseEnvelope"]["signatures"][0]["sig"] = flip_base64_byte(doc["dsseEnvelope"]["signatures"][0]["sig"])
+    sql("UPDATE signature SET bundle = :b", b=json.dumps(doc))
+    problems = [p for p in trust.audit_problems() if p.kind != "guard-missing"]
+    assert kinds(problems) == [("error", "signature-event"), ("error", "signature-invalid")]
+
+
+def test_checkpoint_catches_a_deleted_newest_event(tmp_path: Path, keys: dict[str, KeyPair]) -> None:
+    from registry.trust import checkpoint
+
+    ref = publish(tmp_path)
+    catalogue.set_alias(ref, "prod")
+    cp = checkpoint.create(key=keys["alice"].private)
+    path = checkpoint.write(cp, tmp_path / "head.json")
+    assert cp.count == 2 and cp.head == catalogue.events()[-1].hash
+    assert trust.audit_problems(checkpoint_file=path, checkpoint_key=keys["alice"].public) == []
+    # The catalogue grows: it still extends the checkpoint.
+    trust.sign(ref, keys["bob"].private)
+    assert trust.audit_problems(checkpoint_file=path) == []
+
+    # Cut the tail (the sign event and the alias move), as an auditor would with SQL: the chain
+    # that remains is valid, only the checkpoint sees the cut.
+    drop_guard("guard_event_delete", "event")
+    newest = [e.id for e in catalogue.events()][-2:]
+    for event_id in newest:
+        sql("DELETE FROM event WHERE id = :i", i=event_id)
+    assert catalogue.verify_event_chain() == []
+    problems = [p for p in trust.audit_problems(checkpoint_file=path) if p.kind == "checkpoint"]
+    assert len(problems) == 1 and "holds 1 events but the checkpoint" in problems[0].message
+
+    # Appending again does not hide it: event #2 is now another event.
+    catalogue.set_alias(ref, "staging")
+    problems = [p for p in trust.audit_problems(checkpoint_file=path) if p.kind == "checkpoint"]
+    assert len(problems) == 1 and "event #2 hashes to" in problems[0].message
+
+
+def test_checkpoint_files_are_checked(tmp_path: Path, keys: dict[str, KeyPair]) -> None:
+    from registry.errors import IntegrityError, UsageError
+    from registry.trust import checkpoint
+
+    publish(tmp_path)
+    path = checkpoint.write(checkpoint.create(key=keys["alice"].private), tmp_path / "head.json")
+    assert checkpoint.read(path, public_key=keys["alice"].public).count == 1
+    with pytest.raises(IntegrityError, match="not by"):
+        checkpoint.read(path, public_key=keys["bob"].public)
+    doc = json.loads(path.read_text())
+    doc["statement"]["count"] = 0  # an edited statement
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="signature does not verify"):
+        checkpoint.read(forged)
+    unsigned = checkpoint.write(checkpoint.create(), tmp_path / "unsigned.json")
+    assert checkpoint.read(unsigned).signed_by is None
+    with pytest.raises(IntegrityError, match="is not signed"):
+        checkpoint.read(unsigned, public_key=keys["alice"].public)
+    for content in ("{", '{"statement": {"format": "x"}}', json.dumps({"statement": {**doc["statement"], "head": "zz"}})):
+        bad = tmp_path / "bad.json"
+        bad.write_text(content)
+        with pytest.raises(UsageError, match="is not a checkpoint"):
+            checkpoint.read(bad)

@@ -116,7 +116,75 @@ def enforce(
     return report
 
 
+@dataclass(frozen=True)
+class IntegrityProblem:
+    """One finding for ``spr audit``: same fields as the audit's own problems."""
+
+    severity: str  # "error" or "warning"
+    kind: str  # guard-missing, signature-invalid, signature-event, signatures-unchecked, checkpoint
+    subject: str
+    message: str
+
+
+def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None = None,
+                   checkpoint_key: Path | str | None = None) -> list[IntegrityProblem]:
+    """What ``spr audit`` adds: append-only guards present, every stored signature valid and bound
+    to its ``sign`` event, and (with ``checkpoint_file``) the chain still extending the checkpoint.
+
+    A checkpoint file that does not parse or whose signature fails raises (one-line error);
+    damage in the catalogue is reported, never raised.
+    """
+    from registry.digest import sha256_bytes
+    from registry.errors import DependencyMissingError
+    from registry.trust import checkpoint as checkpoints
+
+    problems: list[IntegrityProblem] = []
+    recorded = None
+    if checkpoint_file is not None:
+        recorded = checkpoints.read(checkpoint_file, public_key=Path(checkpoint_key) if checkpoint_key else None)
+    for name in signature_rows.missing_guards(db=db):
+        table = name.split("_")[1]
+        problems.append(IntegrityProblem(
+            "error", "guard-missing", table,
+            f"the append-only trigger {name} is missing: rows of '{table}' can be edited or deleted unseen; "
+            "re-create it (its SQL is in the migration that made it, migrations/versions/) and check what changed "
+            "while it was gone against a backup or a checkpoint",
+        ))
+    bound = signature_rows.sign_events(db=db)
+    stored = list(signature_rows.all_signatures(db=db))
+    versions: dict[str, VersionInfo] = {}
+    checked = True
+    for sig in stored:
+        subject = f"{sig.ref} {sig.key_fingerprint[:23]}…"
+        if sha256_bytes(sig.bundle.encode("utf-8")) != sig.bundle_sha256 or bound.get((sig.digest, sig.key_fingerprint)) != sig.bundle_sha256:
+            problems.append(IntegrityProblem(
+                "error", "signature-event", subject,
+                "the stored bundle differs from the one its 'sign' event recorded (the row was edited or inserted without the library)",
+            ))
+        if not checked:
+            continue
+        version = versions.get(sig.ref) or catalogue.get_version(sig.ref, db=db)
+        versions[sig.ref] = version
+        try:
+            if sig.kind == signing.KEY:
+                signing.verify_bundle(version, sig.bundle, public_key_pem=sig.public_key)
+            else:
+                signing.verify_bundle(version, sig.bundle)
+        except SignatureError as exc:
+            problems.append(IntegrityProblem("error", "signature-invalid", subject, exc.message))
+        except DependencyMissingError:
+            checked = False
+            problems.append(IntegrityProblem(
+                "warning", "signatures-unchecked", "signature",
+                f"{len(stored)} stored signature(s) not verified: install softprompt-registry[sign]",
+            ))
+    if recorded is not None:
+        for line in checkpoints.check_extends(recorded, db=db):
+            problems.append(IntegrityProblem("error", "checkpoint", str(checkpoint_file), line))
+    return problems
+
+
 __all__ = [
-    "Policy", "SignResult", "SignatureCheck", "TrustReport", "active_policy", "attach", "check", "enforce",
-    "load_policy", "sign", "signatures",
+    "IntegrityProblem", "Policy", "SignResult", "SignatureCheck", "TrustReport", "active_policy", "attach", "check", "enforce",
+    "audit_problems", "load_policy", "sign", "signatures",
 ]
