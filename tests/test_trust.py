@@ -353,7 +353,7 @@ def test_policy_trusts_one_key_and_refuses_another(tmp_path: Path, keys: dict[st
     assert caught.value.exit_code == 3
     assert [f["code"] for f in caught.value.fields["findings"]] == ["signer-not-trusted"]
 
-    code, out, err = spr(capsys, "trust", "check", unsigned, "--trust-policy", str(policy))
+    code, out, _ = spr(capsys, "trust", "check", unsigned, "--trust-policy", str(policy))
     assert code == 3 and "UNTRUSTED" in out and "signature-missing" in out
 
     # No rule matches lab/*: checked and reported, not required.

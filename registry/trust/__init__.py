@@ -185,6 +185,17 @@ def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None 
 
 
 __all__ = [
-    "IntegrityProblem", "Policy", "SignResult", "SignatureCheck", "TrustReport", "active_policy", "attach", "check", "enforce",
-    "audit_problems", "load_policy", "sign", "signatures",
+    "IntegrityProblem",
+    "Policy",
+    "SignResult",
+    "SignatureCheck",
+    "TrustReport",
+    "active_policy",
+    "attach",
+    "audit_problems",
+    "check",
+    "enforce",
+    "load_policy",
+    "sign",
+    "signatures",
 ]
