@@ -524,3 +524,21 @@ def test_checkpoint_files_are_checked(tmp_path: Path, keys: dict[str, KeyPair]) 
         bad.write_text(content)
         with pytest.raises(UsageError, match="is not a checkpoint"):
             checkpoint.read(bad)
+
+
+def test_train_with_sign_key(tmp_path: Path, keys: dict[str, KeyPair], capsys: pytest.CaptureFixture[str], tiny_bloom: Path) -> None:
+    from cli_support import write_jsonl
+
+    from registry.demo import toymodels
+
+    data = write_jsonl(tmp_path / "coach.jsonl", [{"text": p} for p in toymodels.COACH_PROMPTS[:8]])
+    bad = tmp_path / "bad.pem"
+    bad.write_text("nope")
+    code, _, err = spr(capsys, "train", "--base-model", str(tiny_bloom), "--dataset", str(data), "--name", "team/t",
+                       "--max-steps", "1", "--eval-split", "0", "--device", "cpu", "--sign-key", str(bad))
+    assert code == 2 and "not a PEM private key" in err and catalogue.list_versions() == []  # refused before training
+    code, out, err = spr(capsys, "train", "--base-model", str(tiny_bloom), "--dataset", str(data), "--name", "team/t",
+                         "--max-steps", "1", "--eval-split", "0", "--device", "cpu", "--sign-key", str(keys["alice"].private))
+    assert code == 0, err
+    assert "signed by key sha256:" in out
+    assert [s.valid for s in trust.check("team/t@1").signatures] == [True]
