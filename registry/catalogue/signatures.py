@@ -97,7 +97,7 @@ def add_signature(
     return write_with_retry(db, work, what=f"signing {ref}")
 
 
-def signatures(ref: str, *, db: str | None = None) -> list[SignatureInfo]:
+def version_signatures(ref: str, *, db: str | None = None) -> list[SignatureInfo]:
     """The signatures of the version ``ref``, oldest first."""
     from registry.catalogue import _resolve
 
@@ -115,7 +115,7 @@ def all_signatures(*, db: str | None = None) -> Iterator[SignatureInfo]:
     yield from infos
 
 
-def sign_events(*, db: str | None = None) -> dict[tuple[str, str], str]:
+def signed_bundles_by_event(*, db: str | None = None) -> dict[tuple[str, str], str]:
     """``(version digest, key fingerprint) -> bundle sha256`` as the ``sign`` events recorded them."""
     import json
 
@@ -177,5 +177,5 @@ def _info(session: Session, row: SignatureRow) -> SignatureInfo:
 
 __all__ = [
     "EXPECTED_GUARDS", "ChainHead", "NewSignature", "add_signature", "all_signatures", "chain_head",
-    "event_hash_at", "missing_guards", "sign_events", "signatures",
+    "event_hash_at", "missing_guards", "signed_bundles_by_event", "version_signatures",
 ]

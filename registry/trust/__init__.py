@@ -84,7 +84,7 @@ def _store(version: VersionInfo, signed: signing.SignedBundle, *, db: str | None
 
 def signatures(ref: str, *, db: str | None = None) -> list[SignatureInfo]:
     """The stored signatures of ``ref``, oldest first (not verified: see :func:`check`)."""
-    return signature_rows.signatures(ref, db=db)
+    return signature_rows.version_signatures(ref, db=db)
 
 
 def active_policy(override: Path | str | None = None) -> Policy | None:
@@ -104,7 +104,7 @@ def check(
         version = catalogue.get_version(version, db=db)
     if policy is None:
         policy = active_policy(policy_path)
-    return policies.check(version, signature_rows.signatures(version.ref, db=db), policy)
+    return policies.check(version, signature_rows.version_signatures(version.ref, db=db), policy)
 
 
 def enforce(
@@ -150,7 +150,7 @@ def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None 
             "re-create it (its SQL is in the migration that made it, migrations/versions/) and check what changed "
             "while it was gone against a backup or a checkpoint",
         ))
-    bound = signature_rows.sign_events(db=db)
+    bound = signature_rows.signed_bundles_by_event(db=db)
     stored = list(signature_rows.all_signatures(db=db))
     versions: dict[str, VersionInfo] = {}
     checked = True
