@@ -542,3 +542,19 @@ def test_train_with_sign_key(tmp_path: Path, keys: dict[str, KeyPair], capsys: p
     assert code == 0, err
     assert "signed by key sha256:" in out
     assert [s.valid for s in trust.check("team/t@1").signatures] == [True]
+
+
+def test_signature_rows_are_bound_to_their_events(tmp_path: Path, keys: dict[str, KeyPair]) -> None:
+    from registry.catalogue.bindings import check_bindings
+
+    ref = publish(tmp_path)
+    trust.sign(ref, keys["alice"].private)
+    assert [p for p in check_bindings() if p.subject.startswith("signature/")] == []
+    drop_guard("guard_signature_update", "signature")
+    sql("UPDATE signature SET signed_by = 'mallory'")
+    problems = [p for p in check_bindings() if p.subject.startswith("signature/")]
+    assert [(p.severity, p.kind) for p in problems] == [("error", "row-edited")]
+    drop_guard("guard_signature_delete", "signature")
+    sql("DELETE FROM signature")
+    problems = [p for p in check_bindings() if p.subject.startswith("signature/")]
+    assert [(p.severity, p.kind) for p in problems] == [("error", "row-deleted")]

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from registry import settings
+from registry.catalogue.bindings import bound, signature_binding
 from registry.db import session_scope, write_with_retry
 from registry.digest import sha256_bytes
 from registry.errors import IntegrityError
@@ -90,6 +91,7 @@ def add_signature(
             details={
                 "digest": version.digest, "kind": new.kind, "signer": new.signer,
                 "key_fingerprint": new.key_fingerprint, "bundle_sha256": bundle_sha,
+                **bound(signature_binding(row)),
             },
         )
         return _info(session, row), True
