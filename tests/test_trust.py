@@ -558,3 +558,31 @@ def test_signature_rows_are_bound_to_their_events(tmp_path: Path, keys: dict[str
     sql("DELETE FROM signature")
     problems = [p for p in check_bindings() if p.subject.startswith("signature/")]
     assert [(p.severity, p.kind) for p in problems] == [("error", "row-deleted")]
+
+
+def test_bundles_travel_to_another_catalogue(tmp_path: Path, keys: dict[str, KeyPair], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What push/pull do with model.sig: pick the bundle to publish, verify and store it on arrival."""
+    from ops_support import switch_home
+
+    ref = publish(tmp_path)
+    trust.sign(ref, keys["bob"].private)
+    trust.sign(ref, keys["alice"].private)
+    policy = trust.load_policy(write_policy(tmp_path / "keys" / "policy.toml",
+                                            '[[rule]]\nadapters = "team/*"\nrequire = true\nkeys = ["alice.pub"]\n'))
+    version = catalogue.get_version(ref)
+    bundle = trust.bundle_for_push(version, policy=policy)
+    assert bundle is not None and bundle == trust.signatures(ref)[1].bundle  # the trusted one, not the oldest
+    assert trust.bundle_for_push(version) == trust.signatures(ref)[0].bundle  # no policy: the oldest valid
+
+    manifest_dir = tmp_path / "carried"
+    catalogue.export(ref, manifest_dir)
+    switch_home(monkeypatch, tmp_path / "elsewhere")
+    arrived = catalogue.publish(manifest_dir, "team/coach").version
+    assert arrived.digest == version.digest
+    assert trust.import_bundle(arrived, bundle, policy=None) is None  # a key bundle needs a known key
+    result = trust.import_bundle(arrived, bundle, policy=policy)
+    assert result is not None and result.created and trust.enforce(arrived.ref, policy_path=policy.path).trusted
+    doc = json.loads(bundle)
+    doc["dsseEnvelope"]["payload"] = flip_base64_byte(doc["dsseEnvelope"]["payload"])
+    with pytest.raises(SignatureError):
+        trust.import_bundle(arrived, json.dumps(doc), policy=policy)

@@ -116,6 +116,46 @@ def enforce(
     return report
 
 
+def bundle_for_push(version: VersionInfo, *, db: str | None = None, policy: Policy | None = None) -> str | None:
+    """The bundle to publish beside the files as ``model.sig`` (one per Hub repo, as model-signing's
+    CLI expects): the oldest valid signature the policy trusts, else the oldest valid one, else None."""
+    from registry.trust import policy as policies
+
+    stored = signature_rows.version_signatures(version.ref, db=db)
+    if not stored:
+        return None
+    report = policies.check(version, stored, policy)
+    by_fp = {s.key_fingerprint: s for s in stored}
+    for wanted in (lambda c: c.trusted, lambda c: c.valid):
+        for chk in report.signatures:
+            if wanted(chk):
+                return by_fp[chk.key_fingerprint].bundle
+    return None
+
+
+def import_bundle(
+    version: VersionInfo, bundle: bytes | str, *, policy: Policy | None = None, db: str | None = None,
+    actor: str | None = None,
+) -> SignResult | None:
+    """Verify a bundle that came with a pulled version and store it; None when its key is unknown.
+
+    A certificate bundle carries its chain (checked against the policy's roots when a rule
+    names some); a key bundle names its key only by fingerprint, so it is verified with the
+    matching key of the policy's rule, and left unstored (None) when no rule lists that key.
+    Raises :class:`~registry.errors.SignatureError` for a bundle that does not verify.
+    """
+    rule = policy.rule_for(f"{version.namespace}/{version.name}") if policy else None
+    kind, hint, _ = signing.describe_bundle(bundle)
+    if kind == signing.KEY:
+        pem = rule.public_key("sha256:" + hint) if rule and hint else None
+        if pem is None:
+            return None
+        signed = signing.verify_bundle(version, bundle, public_key_pem=pem)
+    else:
+        signed = signing.verify_bundle(version, bundle, roots=rule.roots if rule and rule.roots else None)
+    return _store(version, signed, db=db, actor=actor)
+
+
 @dataclass(frozen=True)
 class IntegrityProblem:
     """One finding for ``spr audit``: same fields as the audit's own problems."""

@@ -40,6 +40,11 @@ class Rule:
     key_fingerprints: frozenset[str]
     identities: frozenset[str]
     roots: tuple[Path, ...]
+    public_keys: tuple[tuple[str, str], ...] = ()  # (fingerprint, PEM) of each key in ``keys``
+
+    def public_key(self, fingerprint: str) -> str | None:
+        """The PEM of the listed key with this fingerprint (to verify a key bundle pulled from a Hub)."""
+        return next((pem for fp, pem in self.public_keys if fp == fingerprint), None)
 
     def matches(self, full_name: str) -> bool:
         return fnmatch.fnmatchcase(full_name, self.adapters)
@@ -172,9 +177,12 @@ def _rule(path: Path, index: int, raw: Any) -> Rule:
 
     base = path.parent
     fingerprints = set()
+    pems: list[tuple[str, str]] = []
     for name in str_list("keys"):
         try:
-            fingerprints.add(signing.fingerprint_of(signing.load_public_key(base / name)))
+            key = signing.load_public_key(base / name)
+            fingerprints.add(signing.fingerprint_of(key))
+            pems.append((signing.fingerprint_of(key), signing.public_pem(key)))
         except SigningKeyError as exc:
             raise TrustPolicyError(f"{where}: {exc.message}", hint=exc.hint) from None
     roots = tuple(base / name for name in str_list("roots"))
@@ -192,7 +200,7 @@ def _rule(path: Path, index: int, raw: Any) -> Rule:
     if require and not fingerprints and not identities:
         raise TrustPolicyError(f"{where}: 'require = true' with no 'keys' or 'identities' would refuse everything",
                                hint="list the keys or certificate identities allowed to sign")
-    return Rule(adapters, require, frozenset(fingerprints), identities, roots)
+    return Rule(adapters, require, frozenset(fingerprints), identities, roots, tuple(pems))
 
 
 def check(
