@@ -92,6 +92,20 @@ def trust_check(ctx: click.Context, app: AppContext, ref: str, trust_policy: Pat
         ctx.exit(EXIT_INCOMPATIBLE)
 
 
+@trust.command("export")
+@click.argument("ref")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--trust-policy", type=_PEM, metavar="FILE.toml", help="Prefer the bundle this policy trusts (default: $SPR_TRUST_POLICY).")
+@json_option
+@pass_app
+def trust_export(app: AppContext, ref: str, directory: Path, trust_policy: Path | None) -> None:
+    """Export REF with spr_manifest.json and model.sig, ready for 'model_signing verify'."""
+    from registry import trust as trust_lib
+
+    out = trust_lib.export_signed(ref, directory, db=app.db, policy_path=trust_policy)
+    emit(app, {"directory": out}, lambda: click.echo(f"exported {ref} with its signature to {out}"))
+
+
 def signer_for_publish(key: Path | None) -> Callable[[str, str | None, str | None], dict[str, Any]] | None:
     """For ``--sign-key``: check the key now (before anything is published) and return a signer."""
     if key is None:

@@ -142,6 +142,25 @@ def test_model_signing_verifier_accepts_an_exported_directory(tmp_path: Path, ke
         )
 
 
+def test_trust_export_then_the_model_signing_cli_verifies(tmp_path: Path, keys: dict[str, KeyPair], capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    ref = publish(tmp_path)
+    code, _, err = spr(capsys, "trust", "export", ref, str(tmp_path / "unsigned"))
+    assert code == 5 and "has no valid signature" in err and not (tmp_path / "unsigned").exists()
+    trust.sign(ref, keys["alice"].private)
+    code, _, err = spr(capsys, "trust", "export", ref, str(tmp_path / "out"))
+    assert code == 0, err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "model.sig", "spr_manifest.json"]
+    cli = [sys.executable, "-m", "model_signing", "verify", "key", str(out), "--signature", str(out / "model.sig")]
+    ok = subprocess.run([*cli, "--public_key", str(keys["alice"].public)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    wrong = subprocess.run([*cli, "--public_key", str(keys["bob"].public)], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0
+
+
 def test_a_bundle_made_by_model_signing_is_accepted(tmp_path: Path, keys: dict[str, KeyPair], capsys: pytest.CaptureFixture[str]) -> None:
     import model_signing
 

@@ -133,6 +133,28 @@ def bundle_for_push(version: VersionInfo, *, db: str | None = None, policy: Poli
     return None
 
 
+def export_signed(
+    ref: str, destination: Path | str, *, db: str | None = None, policy_path: Path | str | None = None,
+    actor: str | None = None,
+) -> Path:
+    """Export ``ref`` as a directory ``model_signing verify`` accepts: the files (every byte verified),
+    ``spr_manifest.json`` (the canonical manifest) and ``model.sig`` (see :func:`bundle_for_push`).
+
+    Raises :class:`~registry.errors.SignatureError` before writing anything when the version has
+    no valid signature.
+    """
+    version = catalogue.get_version(ref, db=db)
+    bundle = bundle_for_push(version, db=db, policy=active_policy(policy_path))
+    if bundle is None:
+        raise SignatureError(
+            f"{version.ref} has no valid signature to export", hint=f"sign it first: spr sign {version.ref} --key KEY.pem"
+        )
+    directory = catalogue.export(version.ref, destination, db=db, actor=actor)
+    (directory / signing.MANIFEST_FILENAME).write_bytes(signing.manifest_bytes(version))
+    (directory / signing.SIGNATURE_FILENAME).write_text(bundle, encoding="utf-8")
+    return directory
+
+
 def import_bundle(
     version: VersionInfo, bundle: bytes | str, *, policy: Policy | None = None, db: str | None = None,
     actor: str | None = None,
