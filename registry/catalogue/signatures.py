@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from registry import settings
 from registry.catalogue.bindings import bound, signature_binding
+from registry.catalogue.eventlog import GENESIS_HASH, append_event
+from registry.catalogue.queries import resolve
 from registry.db import session_scope, write_with_retry
 from registry.digest import sha256_bytes
 from registry.errors import IntegrityError
@@ -58,13 +60,11 @@ def add_signature(
     now names another version, nothing is stored. Signing again with a key that already signed
     the version returns the stored signature and ``False``.
     """
-    from registry.catalogue import _resolve, append_event
-
     who = settings.current_actor(actor)
     parsed = parse_ref(ref)
 
     def work(session: Session) -> tuple[SignatureInfo, bool]:
-        version = _resolve(session, parsed)
+        version = resolve(session, parsed)
         if version.digest != expected_digest:
             raise IntegrityError(
                 f"{ref} now names {version.digest[:19]}…, not the version that was signed ({expected_digest[:19]}…)",
@@ -101,10 +101,8 @@ def add_signature(
 
 def version_signatures(ref: str, *, db: str | None = None) -> list[SignatureInfo]:
     """The signatures of the version ``ref``, oldest first."""
-    from registry.catalogue import _resolve
-
     with session_scope(db) as session:
-        version = _resolve(session, parse_ref(ref))
+        version = resolve(session, parse_ref(ref))
         rows = session.scalars(select(SignatureRow).where(SignatureRow.version_id == version.id).order_by(SignatureRow.id))
         return [_info(session, r) for r in rows]
 
@@ -134,8 +132,6 @@ def signed_bundles_by_event(*, db: str | None = None) -> dict[tuple[str, str], s
 
 def chain_head(*, db: str | None = None) -> ChainHead:
     """The chain's length and newest event (two indexed queries, whatever the log's size)."""
-    from registry.catalogue import GENESIS_HASH
-
     with session_scope(db) as session:
         count = session.scalar(select(func.count()).select_from(EventRow)) or 0
         newest = session.execute(select(EventRow.id, EventRow.hash).order_by(EventRow.id.desc()).limit(1)).first()

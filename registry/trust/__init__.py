@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry import catalogue, settings
-from registry.catalogue import signatures as signature_rows
 from registry.errors import SignatureError
 from registry.trust import signing
 from registry.trust.policy import Policy, SignatureCheck, TrustReport, load_policy
@@ -74,9 +73,9 @@ def attach(
 
 
 def _store(version: VersionInfo, signed: signing.SignedBundle, *, db: str | None, actor: str | None) -> SignResult:
-    info, created = signature_rows.add_signature(
+    info, created = catalogue.add_signature(
         version.ref, version.digest,
-        signature_rows.NewSignature(signed.kind, signed.signer, signed.key_fingerprint, signed.public_key, signed.bundle),
+        catalogue.NewSignature(signed.kind, signed.signer, signed.key_fingerprint, signed.public_key, signed.bundle),
         db=db, actor=actor,
     )
     return SignResult(info, created)
@@ -84,7 +83,7 @@ def _store(version: VersionInfo, signed: signing.SignedBundle, *, db: str | None
 
 def signatures(ref: str, *, db: str | None = None) -> list[SignatureInfo]:
     """The stored signatures of ``ref``, oldest first (not verified: see :func:`check`)."""
-    return signature_rows.version_signatures(ref, db=db)
+    return catalogue.version_signatures(ref, db=db)
 
 
 def active_policy(override: Path | str | None = None) -> Policy | None:
@@ -104,7 +103,7 @@ def check(
         version = catalogue.get_version(version, db=db)
     if policy is None:
         policy = active_policy(policy_path)
-    return policies.check(version, signature_rows.version_signatures(version.ref, db=db), policy)
+    return policies.check(version, catalogue.version_signatures(version.ref, db=db), policy)
 
 
 def enforce(
@@ -121,7 +120,7 @@ def bundle_for_push(version: VersionInfo, *, db: str | None = None, policy: Poli
     CLI expects): the oldest valid signature the policy trusts, else the oldest valid one, else None."""
     from registry.trust import policy as policies
 
-    stored = signature_rows.version_signatures(version.ref, db=db)
+    stored = catalogue.version_signatures(version.ref, db=db)
     if not stored:
         return None
     report = policies.check(version, stored, policy)
@@ -204,7 +203,7 @@ def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None 
     recorded = None
     if checkpoint_file is not None:
         recorded = checkpoints.read(checkpoint_file, public_key=Path(checkpoint_key) if checkpoint_key else None)
-    for name in signature_rows.missing_guards(db=db):
+    for name in catalogue.missing_guards(db=db):
         table = name.split("_")[1]
         problems.append(IntegrityProblem(
             "error", "guard-missing", table,
@@ -212,8 +211,8 @@ def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None 
             "re-create it (its SQL is in the migration that made it, migrations/versions/) and check what changed "
             "while it was gone against a backup or a checkpoint",
         ))
-    bound = signature_rows.signed_bundles_by_event(db=db)
-    stored = list(signature_rows.all_signatures(db=db))
+    bound = catalogue.signed_bundles_by_event(db=db)
+    stored = list(catalogue.all_signatures(db=db))
     versions: dict[str, VersionInfo] = {}
     checked = True
     for sig in stored:

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from registry.catalogue import signatures as integrity
+from registry import catalogue
 from registry.digest import canonical_json
 from registry.errors import IntegrityError, UsageError
 from registry.trust import signing
@@ -51,7 +51,7 @@ class Checkpoint:
 
 def current(*, db: str | None = None) -> Checkpoint:
     """The catalogue's chain head now (unsigned)."""
-    head = integrity.chain_head(db=db)
+    head = catalogue.chain_head(db=db)
     return Checkpoint(count=head.count, head=head.head_hash, at=datetime.now(timezone.utc))
 
 def create(*, key: Path | None = None, password: str | None = None, db: str | None = None) -> Checkpoint:
@@ -157,7 +157,7 @@ def check_extends(checkpoint: Checkpoint, *, db: str | None = None) -> list[str]
     Together with the chain check (every event links to the one before it), equal hashes at the
     checkpoint's position prove that the first ``count`` events are exactly those recorded.
     """
-    head = integrity.chain_head(db=db)
+    head = catalogue.chain_head(db=db)
     recorded = f"checkpoint of {_iso(checkpoint.at)} ({checkpoint.count} events, head {checkpoint.head[:12]}…)"
     if head.count < checkpoint.count:
         return [
@@ -166,7 +166,7 @@ def check_extends(checkpoint: Checkpoint, *, db: str | None = None) -> list[str]
         ]
     if checkpoint.count == 0:
         return []
-    found = integrity.event_hash_at(checkpoint.count, db=db)
+    found = catalogue.event_hash_at(checkpoint.count, db=db)
     if found != checkpoint.head:
         return [
             f"event #{checkpoint.count} hashes to {str(found)[:12]}…, not the {recorded}: events up to the "
