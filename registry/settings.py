@@ -126,7 +126,7 @@ def current_actor(override: str | None = None) -> str:
         return "unknown"
 
 
-def trust_policy_path(override: str | Path | None = None) -> Path | None:
+def trust_policy_path(override: str | os.PathLike[str] | None = None) -> Path | None:
     """The trust policy file: ``override`` (``--trust-policy``), else ``$SPR_TRUST_POLICY``, else none."""
     value = override or os.environ.get("SPR_TRUST_POLICY")
     return Path(value).expanduser() if value else None

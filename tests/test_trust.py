@@ -605,3 +605,43 @@ def test_bundles_travel_to_another_catalogue(tmp_path: Path, keys: dict[str, Key
     doc["dsseEnvelope"]["payload"] = flip_base64_byte(doc["dsseEnvelope"]["payload"])
     with pytest.raises(SignatureError):
         trust.import_bundle(arrived, json.dumps(doc), policy=policy)
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy where adapters are used: verify, load
+
+
+def test_verify_under_a_policy(tmp_path: Path, keys: dict[str, KeyPair], prompt_tuning_random: Path, tiny_bloom: Path,
+                               capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = catalogue.publish(prompt_tuning_random, "team/coach", options=catalogue.PublishOptions(base_model=str(tiny_bloom))).version.ref
+    require = write_policy(tmp_path / "keys" / "require.toml", '[[rule]]\nadapters = "team/*"\nrequire = true\nkeys = ["alice.pub"]\n')
+    report_only = write_policy(tmp_path / "keys" / "report.toml", '[[rule]]\nadapters = "team/*"\nkeys = ["alice.pub"]\n')
+
+    assert spr(capsys, "verify", ref, "--base-model", str(tiny_bloom))[0] == 0  # no policy: nothing about signatures
+    code, out, _ = spr(capsys, "verify", ref, "--base-model", str(tiny_bloom), "--trust-policy", str(require), "--json")
+    doc = json.loads(out)
+    assert code == 3 and [(f["code"], f["severity"]) for f in doc["findings"]] == [("signature-missing", "error")]
+    code, out, _ = spr(capsys, "verify", ref, "--base-model", str(tiny_bloom), "--trust-policy", str(report_only))
+    assert code == 0 and "warning  signature-missing" in out
+
+    trust.sign(ref, keys["bob"].private)
+    monkeypatch.setenv("SPR_TRUST_POLICY", str(require))
+    code, out, _ = spr(capsys, "verify", ref, "--base-model", str(tiny_bloom))
+    assert code == 3 and "signer-not-trusted" in out
+    trust.sign(ref, keys["alice"].private)
+    code, out, _ = spr(capsys, "verify", ref, "--base-model", str(tiny_bloom))
+    assert code == 0 and out.startswith("compatible:")
+
+
+def test_load_under_a_policy(tmp_path: Path, keys: dict[str, KeyPair], prompt_tuning_random: Path, tiny_bloom: Path) -> None:
+    from registry.errors import IncompatibleError
+    from registry.ml import loading
+
+    ref = catalogue.publish(prompt_tuning_random, "team/coach", options=catalogue.PublishOptions(base_model=str(tiny_bloom))).version.ref
+    policy = write_policy(tmp_path / "keys" / "policy.toml", '[[rule]]\nadapters = "team/*"\nrequire = true\nkeys = ["alice.pub"]\n')
+    with pytest.raises(IncompatibleError, match="signature-missing") as caught:
+        loading.load(ref, str(tiny_bloom), trust_policy=policy)
+    assert caught.value.exit_code == 3
+    trust.sign(ref, keys["alice"].private)
+    model = loading.load_many([ref], str(tiny_bloom), trust_policy=policy)
+    assert model.active_adapter

@@ -13,11 +13,13 @@ The public surface of the room:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from registry import catalogue, settings
+from registry.adapters.compat import Finding
 from registry.errors import SignatureError
 from registry.trust import signing
 from registry.trust.policy import Policy, SignatureCheck, TrustReport, load_policy
@@ -86,7 +88,7 @@ def signatures(ref: str, *, db: str | None = None) -> list[SignatureInfo]:
     return catalogue.version_signatures(ref, db=db)
 
 
-def active_policy(override: Path | str | None = None) -> Policy | None:
+def active_policy(override: str | os.PathLike[str] | None = None) -> Policy | None:
     """The trust policy in force: ``override``, else ``$SPR_TRUST_POLICY``, else none."""
     path = settings.trust_policy_path(override)
     return load_policy(path) if path is not None else None
@@ -113,6 +115,17 @@ def enforce(
     report = check(version, policy_path=policy_path, db=db)
     report.raise_if_refused()
     return report
+
+
+def policy_findings(
+    version: VersionInfo, *, policy_path: str | os.PathLike[str] | None = None, db: str | None = None
+) -> list[Finding]:
+    """Findings for ``verify``/``load``: the trust policy's, when one is in force and has a rule for
+    this adapter (errors when the rule requires signatures, else warnings); none otherwise."""
+    policy = active_policy(policy_path)
+    if policy is None or policy.rule_for(f"{version.namespace}/{version.name}") is None:
+        return []
+    return list(check(version, policy=policy, db=db).findings)
 
 
 def bundle_for_push(version: VersionInfo, *, db: str | None = None, policy: Policy | None = None) -> str | None:
