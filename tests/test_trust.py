@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from cli_support import spr
+from huggingface_hub import HfApi  # imports huggingface_hub.hf_api, which the hub_server fixture patches
 from ops_support import write_small_adapter
 from trust_fixtures import KeyPair, write_ca_chain, write_key_pair
 
@@ -645,3 +646,72 @@ def test_load_under_a_policy(tmp_path: Path, keys: dict[str, KeyPair], prompt_tu
     trust.sign(ref, keys["alice"].private)
     model = loading.load_many([ref], str(tiny_bloom), trust_policy=policy)
     assert model.active_adapter
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the Hub: push uploads model.sig; pull and sync verify it and apply the policy
+
+
+def test_push_pull_sync_with_signatures(tmp_path: Path, keys: dict[str, KeyPair], hub_server: Any,
+                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    from hub_fixtures import HUB_TOKEN
+    from ops_support import switch_home
+
+    from registry import hub
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    ref = publish(tmp_path)
+    trust.sign(ref, keys["alice"].private)
+    pushed = hub.push(ref, "team/coach", endpoint=hub_server.url)
+    api = HfApi(endpoint=hub_server.url, token=HUB_TOKEN)
+    assert "model.sig" in api.list_repo_files("team/coach", revision="v1")
+    assert hub.push(ref, "team/coach", endpoint=hub_server.url).commit_sha == pushed.commit_sha  # idempotent
+    lockfile = tmp_path / "spr.lock"
+    hub.lock([ref], lockfile)
+
+    keydir = keys["alice"].public.parent
+    trusts_bob = write_policy(keydir / "bob.toml", '[[rule]]\nadapters = "team/*"\nrequire = true\nkeys = ["bob.pub"]\n')
+    trusts_alice = write_policy(keydir / "alice.toml", '[[rule]]\nadapters = "team/*"\nrequire = true\nkeys = ["alice.pub"]\n')
+
+    # Deploy side: an empty catalogue. A policy trusting another key refuses, nothing is written.
+    switch_home(monkeypatch, tmp_path / "deploy")
+    code, _, err = spr(capsys, "pull", "team/coach@v1", "--to", str(tmp_path / "refused"), "--trust-policy", str(trusts_bob))
+    assert code == 3 and "signer-not-trusted" in err and err.count("\n") == 1 and not (tmp_path / "refused").exists()
+
+    switch_home(monkeypatch, tmp_path / "deploy2")
+    code, _, err = spr(capsys, "pull", "team/coach@v1", "--to", str(tmp_path / "out"), "--trust-policy", str(trusts_alice))
+    assert code == 0, err
+    assert [s.valid for s in trust.check("team/coach@1").signatures] == [True]
+    out = tmp_path / "out"
+    assert {"model.sig", "spr_manifest.json"} <= {p.name for p in out.iterdir()}
+    cli = [sys.executable, "-m", "model_signing", "verify", "key", str(out), "--signature", str(out / "model.sig"),
+           "--public_key", str(keys["alice"].public)]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    # A second pull into the same directory is a no-op (the directory holds exactly this version).
+    assert spr(capsys, "pull", "team/coach@v1", "--to", str(out), "--trust-policy", str(trusts_alice))[0] == 0
+
+    # Without a policy the key is unknown here: the pull succeeds, the bundle is not stored.
+    switch_home(monkeypatch, tmp_path / "deploy3")
+    assert spr(capsys, "pull", "team/coach@v1")[0] == 0
+    assert trust.signatures("team/coach@1") == []
+
+    # sync applies the policy to every entry before writing any directory.
+    switch_home(monkeypatch, tmp_path / "deploy4")
+    code, _, err = spr(capsys, "sync", str(lockfile), "--to", str(tmp_path / "synced"), "--trust-policy", str(trusts_bob))
+    assert code == 3 and not (tmp_path / "synced").exists()
+    switch_home(monkeypatch, tmp_path / "deploy5")
+    code, _, err = spr(capsys, "sync", str(lockfile), "--to", str(tmp_path / "synced"), "--trust-policy", str(trusts_alice))
+    assert code == 0, err
+
+    # A tampered model.sig on the Hub is refused (exit 5) and not stored.
+    doc = json.loads(Path(api.hf_hub_download("team/coach", "model.sig", revision="v1")).read_text())
+    doc["dsseEnvelope"]["payload"] = flip_base64_byte(doc["dsseEnvelope"]["payload"])
+    api.upload_file(path_or_fileobj=json.dumps(doc).encode(), path_in_repo="model.sig", repo_id="team/coach")
+    switch_home(monkeypatch, tmp_path / "deploy6")
+    code, _, err = spr(capsys, "pull", "team/coach", "--trust-policy", str(trusts_alice))
+    assert code == 5 and "does not verify" in err and err.count("\n") == 1
+    assert trust.signatures("team/coach@1") == []

@@ -23,6 +23,7 @@ from registry.adapters.compat import Finding
 from registry.errors import SignatureError
 from registry.trust import signing
 from registry.trust.policy import Policy, SignatureCheck, TrustReport, load_policy
+from registry.trust.signing import SIGNATURE_FILENAME, manifest_bytes
 from registry.types import SignatureInfo, VersionInfo
 
 
@@ -190,6 +191,31 @@ def import_bundle(
     return _store(version, signed, db=db, actor=actor)
 
 
+def check_pulled(
+    version: VersionInfo, bundle: bytes | str | None, *, policy: Policy | None, db: str | None = None
+) -> TrustReport:
+    """For pull/sync: store a ``model.sig`` that came with ``version`` (see :func:`import_bundle`), then
+    judge the version under ``policy``. A key bundle whose key the policy does not list is reported
+    as ``signer-not-trusted`` (naming its key), not as a missing signature."""
+    import dataclasses
+
+    from registry.adapters.compat import ERROR, WARNING
+
+    stored = import_bundle(version, bundle, policy=policy, db=db) if bundle is not None else None
+    report = check(version, policy=policy, db=db)
+    if bundle is None or stored is not None or (not report.required and report.rule is None):
+        return report
+    _, hint, _ = signing.describe_bundle(bundle)
+    unknown = Finding(
+        "signer-not-trusted", ERROR if report.required else WARNING,
+        f"{version.ref}'s model.sig is signed by key sha256:{(hint or '?')[:16]}…, which the policy does not list",
+        expected="a key listed in the policy's rule", found=f"sha256:{hint}",
+        hint="have a trusted key sign it, or add the signer's public key to the trust policy",
+    )
+    findings = (*(f for f in report.findings if f.code != "signature-missing"), unknown)
+    return dataclasses.replace(report, findings=findings)
+
+
 @dataclass(frozen=True)
 class IntegrityProblem:
     """One finding for ``spr audit``: same fields as the audit's own problems."""
@@ -259,6 +285,7 @@ def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None 
 
 
 __all__ = [
+    "SIGNATURE_FILENAME",
     "IntegrityProblem",
     "Policy",
     "SignResult",
@@ -270,6 +297,7 @@ __all__ = [
     "check",
     "enforce",
     "load_policy",
+    "manifest_bytes",
     "sign",
     "signatures",
 ]
