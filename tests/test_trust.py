@@ -488,7 +488,7 @@ def test_an_edited_signature_row_is_reported(tmp_path: Path, keys: dict[str, Key
     doc["dsseEnvelope"]["signatures"][0]["sig"] = flip_base64_byte(doc["dsseEnvelope"]["signatures"][0]["sig"])
     sql("UPDATE signature SET bundle = :b", b=json.dumps(doc))
     problems = [p for p in trust.audit_problems() if p.kind != "guard-missing"]
-    assert kinds(problems) == [("error", "signature-event"), ("error", "signature-invalid")]
+    assert kinds(problems) == [("error", "row-edited"), ("error", "signature-invalid")]
 
 
 def test_checkpoint_catches_a_deleted_newest_event(tmp_path: Path, keys: dict[str, KeyPair]) -> None:
@@ -715,3 +715,108 @@ def test_push_pull_sync_with_signatures(tmp_path: Path, keys: dict[str, KeyPair]
     code, _, err = spr(capsys, "pull", "team/coach", "--trust-policy", str(trusts_alice))
     assert code == 5 and "does not verify" in err and err.count("\n") == 1
     assert trust.signatures("team/coach@1") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# spr audit: the three tamperings found by hand (edited eval score, deleted newest event, dropped trigger)
+
+
+def audit_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code, out, _ = spr(capsys, "audit", "--json", *args)
+    return code, json.loads(out)
+
+
+def test_audit_catches_an_edited_eval_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = publish(tmp_path, evals=[catalogue.EvalInput("eval_loss", 2.5)])
+    catalogue.add_evals(ref, [catalogue.EvalInput("accuracy", 0.61)])
+    code, doc = audit_json(capsys)
+    assert code == 0 and doc["problems"] == [], doc["problems"]
+    sql("UPDATE eval_score SET value = 0.5 WHERE metric = 'eval_loss'")  # eval_score has no guard: plain SQL
+    code, doc = audit_json(capsys)
+    assert code == 5
+    assert [(p["kind"], p["subject"].split("/")[0]) for p in doc["problems"]] == [("row-edited", "eval_score")]
+    sql("DELETE FROM eval_score WHERE metric = 'accuracy'")
+    code, doc = audit_json(capsys)
+    assert sorted(p["kind"] for p in doc["problems"]) == ["row-deleted", "row-edited"]
+
+
+def test_audit_binds_aliases_deprecations_and_hub_copies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = publish(tmp_path, 1)
+    two = publish(tmp_path, 2)
+    catalogue.set_alias(one, "prod")
+    catalogue.set_alias(two, "prod")
+    catalogue.set_alias(one, "staging")
+    catalogue.remove_alias("team/coach", "staging")
+    catalogue.deprecate(one, "superseded")
+    catalogue.record_hub_copy(two, endpoint="http://hub.local", repo_id="team/coach", commit_sha="c" * 40, tag="v2")
+    assert audit_json(capsys)[1]["problems"] == []
+    # The alias moved back with SQL (the prod move deleted from history, in effect).
+    sql("UPDATE alias SET version_id = (SELECT id FROM version WHERE number = 1) WHERE alias = 'prod'")
+    sql("UPDATE version SET status_reason = 'fine after all'")  # the one mutable column group
+    sql("UPDATE hub_copy SET commit_sha = :c", c="d" * 40)
+    sql("INSERT INTO alias (adapter_id, alias, version_id, updated_at) SELECT adapter_id, 'staging', id, created_at "
+        "FROM version WHERE number = 1")
+    code, doc = audit_json(capsys)
+    assert code == 5
+    assert sorted((p["kind"], p["subject"].split("/")[0]) for p in doc["problems"]) == [
+        ("row-edited", "alias"), ("row-edited", "alias"), ("row-edited", "hub_copy"), ("row-edited", "version-status"),
+    ]
+
+
+def test_audit_reports_a_dropped_trigger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    publish(tmp_path)
+    drop_guard("guard_event_update", "event")
+    code, out, err = spr(capsys, "audit")
+    assert code == 5 and out.startswith("error guard-missing event: the append-only trigger guard_event_update is missing")
+
+
+def test_audit_checkpoint_catches_a_deleted_newest_event(tmp_path: Path, keys: dict[str, KeyPair],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    ref = publish(tmp_path)
+    catalogue.set_alias(ref, "prod")  # the move that put a version on prod: the newest event
+    head = tmp_path / "head.json"
+    code, out, err = spr(capsys, "audit", "checkpoint", "--key", str(keys["alice"].private), "-o", str(head))
+    assert code == 0 and "checkpoint of 2 events" in out and "signed by sha256:" in out
+    code, doc = audit_json(capsys, "--checkpoint", str(head), "--checkpoint-key", str(keys["alice"].public))
+    assert code == 0 and doc["problems"] == [] and doc["head"]["count"] == 2
+    assert doc["head"]["head"] == json.loads(head.read_text())["statement"]["head"]
+    code, out, _ = spr(capsys, "audit", "checkpoint")  # to stdout, unsigned
+    assert code == 0 and json.loads(out)["statement"]["count"] == 2 and "signature" not in json.loads(out)
+
+    # Delete the newest event and put the guard back, as a careful intruder would; the alias row
+    # goes too, so nothing else points at the cut.
+    from registry import db
+
+    if db.get_engine(None).dialect.name == "sqlite":
+        with db.get_engine(None).connect() as conn:
+            from sqlalchemy import text
+
+            create = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'guard_event_delete'")).scalar_one()
+        drop_guard("guard_event_delete", "event")
+        sql("DELETE FROM event WHERE id = (SELECT max(id) FROM event)")
+        sql(create)
+    else:
+        sql("ALTER TABLE event DISABLE TRIGGER guard_event_delete")
+        sql("DELETE FROM event WHERE id = (SELECT max(id) FROM event)")
+        sql("ALTER TABLE event ENABLE TRIGGER guard_event_delete")
+    sql("DELETE FROM alias")
+    code, doc = audit_json(capsys)
+    assert code == 0 and doc["problems"] == []  # the chain alone cannot see the cut
+    code, doc = audit_json(capsys, "--checkpoint", str(head))
+    assert code == 5 and [p["kind"] for p in doc["problems"]] == ["checkpoint"]
+    assert "1 event(s) up to the checkpoint were deleted" in doc["problems"][0]["message"]
+
+    # Bad checkpoint files: one line, exit non-zero.
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    code, _, err = spr(capsys, "audit", "--checkpoint", str(bad))
+    assert code == 2 and "is not a checkpoint" in err and err.count("\n") == 1
+    code, _, err = spr(capsys, "audit", "--checkpoint", str(head), "--checkpoint-key", str(keys["bob"].public))
+    assert code == 5 and "not by" in err and err.count("\n") == 1
+
+
+def test_plain_audit_still_works_as_a_group(capsys: pytest.CaptureFixture[str]) -> None:
+    assert spr(capsys, "audit")[0] == 0
+    assert spr(capsys, "audit", "--strict")[0] == 0
+    code, out, _ = spr(capsys, "audit", "--help")
+    assert code == 0 and "checkpoint" in out

@@ -38,7 +38,6 @@ from registry.catalogue.signatures import (
     chain_head,
     event_hash_at,
     missing_guards,
-    signed_bundles_by_event,
     version_signatures,
 )
 
@@ -76,7 +75,6 @@ __all__ = [
     "referenced_blobs",
     "remove_alias",
     "set_alias",
-    "signed_bundles_by_event",
     "verify_event_chain",
     "version_signatures",
     "versions",

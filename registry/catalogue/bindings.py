@@ -8,8 +8,8 @@ when the event removed the row: ``alias-remove``). The event's own hash covers i
 row edited with SQL no longer matches the newest event that bound it, a deleted row leaves a
 binding without a row, and a row inserted behind the library's back has no binding.
 
-Rows recorded before bindings existed (catalogues older than this code) have no binding and are
-reported as warnings, not errors, when they are older than the first binding event.
+Rows recorded before bindings existed (catalogues older than this code) have no binding; they are
+recognised by their ids (below every bound row's of their table) and not reported.
 """
 
 from __future__ import annotations
@@ -91,22 +91,28 @@ def bound(*pairs: tuple[str, str | None]) -> dict[str, dict[str, str | None]]:
     return {"bound": dict(pairs)}
 
 
-def _current_rows(session: Session) -> Iterator[tuple[str, str, datetime | None]]:
-    """Every bindable row as ``(key, hash, when it was recorded)``."""
+def _current_rows(session: Session) -> Iterator[tuple[str, str, str, int, datetime | None]]:
+    """Every bindable row as ``(key, hash, table, row id, when it was recorded)``."""
     for e in session.scalars(select(EvalScoreRow)).yield_per(2000):
-        yield (*eval_binding(e), e.recorded_at)
+        yield (*eval_binding(e), "eval_score", e.id, e.recorded_at)
     for a in session.scalars(select(AliasRow)):
-        yield (*alias_binding(a), a.updated_at)
+        yield (*alias_binding(a), "alias", a.id, a.updated_at)
     for v in session.scalars(select(VersionRow).where(VersionRow.status != ACTIVE)):
-        yield (*status_binding(v), v.created_at)
+        yield (*status_binding(v), "version", v.id, v.created_at)
     for h in session.scalars(select(HubCopyRow)):
-        yield (*hub_copy_binding(h), h.pushed_at)
+        yield (*hub_copy_binding(h), "hub_copy", h.id, h.pushed_at)
     for s in session.scalars(select(SignatureRow)):
-        yield (*signature_binding(s), s.signed_at)
+        yield (*signature_binding(s), "signature", s.id, s.signed_at)
 
 
 def check_bindings(*, db: str | None = None) -> list[BindingProblem]:
-    """Compare every bindable row with the newest event that bound it; one problem per mismatch."""
+    """Compare every bindable row with the newest event that bound it; one problem per mismatch.
+
+    A row without a binding is an error unless it predates bindings (a catalogue upgraded from
+    before them): its id is below every bound row's of its table (ids only grow), or, in a table
+    with no bound row yet, it was recorded before the first binding event. Those legacy rows are
+    not covered by the chain and not reported.
+    """
     expected: dict[str, tuple[str | None, int]] = {}
     first_binding_at: datetime | None = None
     problems: list[BindingProblem] = []
@@ -125,36 +131,38 @@ def check_bindings(*, db: str | None = None) -> list[BindingProblem]:
                 first_binding_at = at
             for key, value in mapping.items():
                 expected[str(key)] = (value if isinstance(value, str) else None, event_id)
-        seen: set[str] = set()
-        for key, digest, when in _current_rows(session):
-            seen.add(key)
-            want = expected.get(key)
-            if want is None:
+        rows = list(_current_rows(session))
+    lowest_bound: dict[str, int] = {}
+    for key, _, table, row_id, _ in rows:
+        if key in expected:
+            lowest_bound[table] = min(row_id, lowest_bound.get(table, row_id))
+    seen: set[str] = set()
+    for key, digest, table, row_id, when in rows:
+        seen.add(key)
+        want = expected.get(key)
+        if want is None:
+            if table in lowest_bound:
+                legacy = row_id < lowest_bound[table]
+            else:
                 legacy = first_binding_at is None or (when is not None and _naive(when) < _naive(first_binding_at))
+            if not legacy:
                 problems.append(BindingProblem(
-                    "warning" if legacy else "error", "row-unbound", key,
-                    "recorded before rows were bound to events; its content is not covered by the chain" if legacy
-                    else "no event records this row: it was inserted or changed without the library",
+                    "error", "row-unbound", key, "no event records this row: it was inserted or changed without the library",
                 ))
-            elif want[0] is None:
-                problems.append(BindingProblem(
-                    "error", "row-edited", key, f"event {want[1]} removed this row, but it exists again",
-                ))
-            elif want[0] != digest:
-                problems.append(BindingProblem(
-                    "error", "row-edited", key,
-                    f"its content hashes to {digest[:12]}…, but event {want[1]} recorded {want[0][:12]}… (the row was edited)",
-                ))
-    for key, (value, event_id) in expected.items():
-        if value is not None and key not in seen:
-            if key.startswith("version-status/"):
-                continue  # a status back to active cannot happen through the library; reported below
-            problems.append(BindingProblem("error", "row-deleted", key, f"event {event_id} recorded this row; it is gone"))
-    for key, (value, event_id) in expected.items():
-        if key.startswith("version-status/") and value is not None and key not in seen:
+        elif want[0] is None:
+            problems.append(BindingProblem("error", "row-edited", key, f"event {want[1]} removed this row, but it exists again"))
+        elif want[0] != digest:
             problems.append(BindingProblem(
-                "error", "row-edited", key, f"event {event_id} deprecated this version; it is active again",
+                "error", "row-edited", key,
+                f"its content hashes to {digest[:12]}…, but event {want[1]} recorded {want[0][:12]}… (the row was edited)",
             ))
+    for key, (value, event_id) in expected.items():
+        if value is None or key in seen:
+            continue
+        if key.startswith("version-status/"):
+            problems.append(BindingProblem("error", "row-edited", key, f"event {event_id} deprecated this version; it is active again"))
+        else:
+            problems.append(BindingProblem("error", "row-deleted", key, f"event {event_id} recorded this row; it is gone"))
     return problems
 
 

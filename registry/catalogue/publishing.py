@@ -25,6 +25,7 @@ from registry import settings
 from registry.adapters import manifest as manifests
 from registry.adapters import reader as adapter_reader
 from registry.adapters.dataset import dataset_from_digest, describe_dataset
+from registry.catalogue.bindings import bound, eval_binding
 from registry.catalogue.changes import EvalInput, add_eval_row, dataset_id
 from registry.catalogue.eventlog import append_event, log_event
 from registry.catalogue.queries import ACTIVE, get_version, utcnow, version_info
@@ -378,15 +379,15 @@ def _record_version(
         session.flush()
         for f in manifest["files"]:
             session.add(FileRow(version_id=row.id, path=f["path"], sha256=f["sha256"], size=f["size"]))
-        for ev in evals:
-            add_eval_row(session, row.id, ev, actor, now)
+        score_rows = [add_eval_row(session, row.id, ev, actor, now) for ev in evals]
         subject = f"{namespace}/{name}@{number}"
         append_event(
             session,
             action=action,
             subject=subject,
             actor=actor,
-            details={"digest": digest, "files": len(manifest["files"]), **(details or {})},
+            details={"digest": digest, "files": len(manifest["files"]), **(details or {}),
+                     **(bound(*(eval_binding(r) for r in score_rows)) if score_rows else {})},
         )
         session.flush()
         return PublishResult(version_info(session, row), created=True)

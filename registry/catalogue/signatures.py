@@ -115,21 +115,6 @@ def all_signatures(*, db: str | None = None) -> Iterator[SignatureInfo]:
     yield from infos
 
 
-def signed_bundles_by_event(*, db: str | None = None) -> dict[tuple[str, str], str]:
-    """``(version digest, key fingerprint) -> bundle sha256`` as the ``sign`` events recorded them."""
-    import json
-
-    out: dict[tuple[str, str], str] = {}
-    with session_scope(db) as session:
-        for details_json in session.scalars(select(EventRow.details_json).where(EventRow.action == "sign")):
-            try:
-                d = json.loads(details_json)
-                out[(str(d["digest"]), str(d["key_fingerprint"]))] = str(d["bundle_sha256"])
-            except (ValueError, KeyError, TypeError):
-                continue  # an edited event is the chain check's finding
-    return out
-
-
 def chain_head(*, db: str | None = None) -> ChainHead:
     """The chain's length and newest event (two indexed queries, whatever the log's size)."""
     with session_scope(db) as session:
@@ -175,5 +160,5 @@ def _info(session: Session, row: SignatureRow) -> SignatureInfo:
 
 __all__ = [
     "EXPECTED_GUARDS", "ChainHead", "NewSignature", "add_signature", "all_signatures", "chain_head",
-    "event_hash_at", "missing_guards", "signed_bundles_by_event", "version_signatures",
+    "event_hash_at", "missing_guards", "version_signatures",
 ]

@@ -226,10 +226,12 @@ class IntegrityProblem:
     message: str
 
 
-def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None = None,
-                   checkpoint_key: Path | str | None = None) -> list[IntegrityProblem]:
-    """What ``spr audit`` adds: append-only guards present, every stored signature valid and bound
-    to its ``sign`` event, and (with ``checkpoint_file``) the chain still extending the checkpoint.
+def audit_problems(*, db: str | None = None, checkpoint_file: str | os.PathLike[str] | None = None,
+                   checkpoint_key: str | os.PathLike[str] | None = None) -> list[IntegrityProblem]:
+    """What ``spr audit`` adds: the append-only triggers are in place, every row that matters
+    (eval scores, aliases, deprecations, hub copies, signatures) matches the event that bound it,
+    every stored signature verifies, and (with ``checkpoint_file``) the chain still extends the
+    checkpoint.
 
     A checkpoint file that does not parse or whose signature fails raises (one-line error);
     damage in the catalogue is reported, never raised.
@@ -241,7 +243,7 @@ def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None 
     problems: list[IntegrityProblem] = []
     recorded = None
     if checkpoint_file is not None:
-        recorded = checkpoints.read(checkpoint_file, public_key=Path(checkpoint_key) if checkpoint_key else None)
+        recorded = checkpoints.read(Path(checkpoint_file), public_key=Path(checkpoint_key) if checkpoint_key else None)
     for name in catalogue.missing_guards(db=db):
         table = name.split("_")[1]
         problems.append(IntegrityProblem(
@@ -250,16 +252,16 @@ def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None 
             "re-create it (its SQL is in the migration that made it, migrations/versions/) and check what changed "
             "while it was gone against a backup or a checkpoint",
         ))
-    bound = catalogue.signed_bundles_by_event(db=db)
+    problems += [IntegrityProblem(p.severity, p.kind, p.subject, p.message) for p in catalogue.check_bindings(db=db)]
     stored = list(catalogue.all_signatures(db=db))
     versions: dict[str, VersionInfo] = {}
     checked = True
     for sig in stored:
         subject = f"{sig.ref} {sig.key_fingerprint[:23]}…"
-        if sha256_bytes(sig.bundle.encode("utf-8")) != sig.bundle_sha256 or bound.get((sig.digest, sig.key_fingerprint)) != sig.bundle_sha256:
+        if sha256_bytes(sig.bundle.encode("utf-8")) != sig.bundle_sha256:
             problems.append(IntegrityProblem(
-                "error", "signature-event", subject,
-                "the stored bundle differs from the one its 'sign' event recorded (the row was edited or inserted without the library)",
+                "error", "row-edited", subject,
+                "the stored bundle no longer hashes to the bundle_sha256 its 'sign' event recorded (the row was edited)",
             ))
         if not checked:
             continue
@@ -282,6 +284,12 @@ def audit_problems(*, db: str | None = None, checkpoint_file: Path | str | None 
         for line in checkpoints.check_extends(recorded, db=db):
             problems.append(IntegrityProblem("error", "checkpoint", str(checkpoint_file), line))
     return problems
+
+
+def chain_head(*, db: str | None = None) -> dict[str, object]:
+    """The audit chain's head, for ``spr audit --json``: ``{"count": N, "head": HEX}`` (record it elsewhere)."""
+    head = catalogue.chain_head(db=db)
+    return {"count": head.count, "head": head.head_hash}
 
 
 __all__ = [
