@@ -766,7 +766,7 @@ def test_audit_binds_aliases_deprecations_and_hub_copies(tmp_path: Path, capsys:
 def test_audit_reports_a_dropped_trigger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     publish(tmp_path)
     drop_guard("guard_event_update", "event")
-    code, out, err = spr(capsys, "audit")
+    code, out, _ = spr(capsys, "audit")
     assert code == 5 and out.startswith("error guard-missing event: the append-only trigger guard_event_update is missing")
 
 
