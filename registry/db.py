@@ -228,10 +228,12 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
     from alembic import command
 
     cfg = alembic_config(engine)
-    with engine.connect().execution_options(spr_write=True) as conn:
+    # One transaction around every step, begun before Alembic sees the connection: for SQLite
+    # (no transactional DDL) Alembic otherwise commits after each migration, and a second process
+    # upgrading the same new file slips in between and runs a step this one has planned too.
+    with engine.connect().execution_options(spr_write=True) as conn, conn.begin():
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
-        conn.commit()
     return current_revision(engine)
 
 
@@ -240,10 +242,9 @@ def downgrade(engine: Engine, revision: str) -> str | None:
     from alembic import command
 
     cfg = alembic_config(engine)
-    with engine.connect().execution_options(spr_write=True) as conn:
+    with engine.connect().execution_options(spr_write=True) as conn, conn.begin():
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
-        conn.commit()
     return current_revision(engine)
 
 

@@ -820,3 +820,20 @@ def test_plain_audit_still_works_as_a_group(capsys: pytest.CaptureFixture[str]) 
     assert spr(capsys, "audit", "--strict")[0] == 0
     code, out, _ = spr(capsys, "audit", "--help")
     assert code == 0 and "checkpoint" in out
+
+
+def test_without_model_signing_signatures_are_reported_unverified(tmp_path: Path, keys: dict[str, KeyPair],
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    ref = publish(tmp_path)
+    trust.sign(ref, keys["alice"].private)
+    policy = write_policy(tmp_path / "keys" / "p.toml", '[[rule]]\nadapters = "team/*"\nrequire = true\nkeys = ["alice.pub"]\n')
+    monkeypatch.setitem(sys.modules, "model_signing", None)  # as in an install without the [sign] extra
+    code, out, _ = spr(capsys, "show", ref)
+    assert code == 0 and "not verified (install softprompt-registry[sign])" in out
+    code, _, err = spr(capsys, "trust", "check", ref, "--trust-policy", str(policy))
+    assert code == 1 and "install it with: pip install 'softprompt-registry[sign]'" in err and err.count("\n") == 1
+    code, out, _ = spr(capsys, "audit")
+    assert code == 0 and "signatures-unchecked" in out

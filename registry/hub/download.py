@@ -21,7 +21,14 @@ from registry import catalogue, settings, trust
 from registry.adapters import manifest as manifests
 from registry.adapters.reader import COMPANION_FILES, CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
 from registry.digest import parse_digest, sha256_file
-from registry.errors import HubError, IntegrityError, InvalidAdapterError, NotFoundError, UsageError
+from registry.errors import (
+    DependencyMissingError,
+    HubError,
+    IntegrityError,
+    InvalidAdapterError,
+    NotFoundError,
+    UsageError,
+)
 from registry.hub.client import SHA1, HubClient, parse_repo_spec
 from registry.hub.format import (
     DEFAULT_BRANCH,
@@ -333,7 +340,10 @@ def write_to(version: VersionInfo, destination: Path, *, db: str | None) -> Path
             hint="choose a new or empty directory",
         )
     written = catalogue.export(version.ref, destination, db=db)
-    bundle = trust.bundle_for_push(version, db=db) if trust.signatures(version.ref, db=db) else None
+    try:
+        bundle = trust.bundle_for_push(version, db=db) if trust.signatures(version.ref, db=db) else None
+    except DependencyMissingError:
+        bundle = None  # without model-signing the stored signatures cannot be checked: write none
     if bundle is not None:
         _write_atomic(written / MANIFEST_FILENAME, trust.manifest_bytes(version))
         _write_atomic(written / SIGNATURE_FILENAME, bundle.encode("utf-8"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from registry import catalogue, settings
 from registry.adapters.compat import Finding
-from registry.errors import SignatureError
+from registry.errors import DependencyMissingError, SignatureError
 from registry.trust import signing
 from registry.trust.policy import Policy, SignatureCheck, TrustReport, load_policy
 from registry.trust.signing import SIGNATURE_FILENAME, manifest_bytes
@@ -201,6 +201,11 @@ def check_pulled(
 
     from registry.adapters.compat import ERROR, WARNING
 
+    if bundle is not None and policy is None:
+        try:
+            signing.require_library()
+        except DependencyMissingError:
+            bundle = None  # nothing can verify it here, and nothing requires it: catalogued unsigned
     stored = import_bundle(version, bundle, policy=policy, db=db) if bundle is not None else None
     report = check(version, policy=policy, db=db)
     if bundle is None or stored is not None or (not report.required and report.rule is None):
@@ -237,7 +242,6 @@ def audit_problems(*, db: str | None = None, checkpoint_file: str | os.PathLike[
     damage in the catalogue is reported, never raised.
     """
     from registry.digest import sha256_bytes
-    from registry.errors import DependencyMissingError
     from registry.trust import checkpoint as checkpoints
 
     problems: list[IntegrityProblem] = []

@@ -132,6 +132,7 @@ class TrustReport:
 def load_policy(path: Path | str) -> Policy:
     """Parse a policy file; raises :class:`TrustPolicyError` naming the line or key that is wrong."""
     path = Path(path)
+    signing.require_library()  # keys and bundles are read with cryptography / model-signing
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_POLICY_BYTES + 1)
