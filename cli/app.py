@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import date, datetime
@@ -67,12 +68,24 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", "db", metavar="URL", envvar=None, help="Catalogue URL (default: $SPR_DATABASE_URL, else a SQLite file in $SPR_HOME).")
+@click.option("--blob-url", "blob_url", metavar="URL", default=None,
+              help="Blob store: s3://bucket/prefix (default: $SPR_BLOB_URL, else $SPR_BLOB_DIR or $SPR_HOME/blobs).")
+@click.option("--s3-endpoint", "s3_endpoint", metavar="URL", default=None,
+              help="S3-compatible endpoint, e.g. MinIO (default: $AWS_ENDPOINT_URL; AWS itself when unset).")
 @click.option("--json", "json_", is_flag=True, help="Print machine-readable JSON to stdout.")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 @click.version_option(package_name="softprompt-registry", prog_name="spr")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, json_: bool, debug: bool) -> None:
+def cli(
+    ctx: click.Context, db: str | None, blob_url: str | None, s3_endpoint: str | None, json_: bool, debug: bool
+) -> None:
     """spr: a registry for trained soft prompts (PEFT prompt tuning, p-tuning, prefix tuning, LoRA)."""
+    # The blob store is opened deep inside library calls, from the settings: these two options
+    # are settings for this process (read at call time like every other).
+    if blob_url:
+        os.environ["SPR_BLOB_URL"] = blob_url
+    if s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint
     app = ctx.ensure_object(AppContext)
     app.db = db
     app.json = app.json or json_

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 @click.option("--description", help="What this soft prompt is for.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
 @click.option("--author", help="Who publishes (default: git user.name, else the OS user).")
+@click.option("--adapter-name", metavar="NAME",
+              help="Which adapter, when PEFT saved several into DIRECTORY (adapter NAME in DIRECTORY/NAME; 'default' is DIRECTORY).")
 @click.option("--sign-key", type=click.Path(path_type=Path, dir_okay=False), metavar="PRIVATE_KEY.pem",
               help="Sign the new version with this EC key (see 'spr sign'; password from $SPR_SIGN_KEY_PASSWORD).")
 @json_option
@@ -42,14 +44,18 @@ def publish(
     app: AppContext, directory: Path, name: str, base_model: str | None, dataset: Path | None,
     dataset_digest: str | None, evals: tuple[str, ...], parent: str | None, training_args: Path | None,
     template: str | None, description: str | None, tags: tuple[str, ...], author: str | None,
-    sign_key: Path | None,
+    adapter_name: str | None, sign_key: Path | None,
 ) -> None:
     """Publish the PEFT adapter in DIRECTORY as a new version of NAME."""
     from registry import catalogue
+    from registry.adapters.reader import select_adapter
     from registry.cli import trust_cmds
     from registry.cli.inputs import parse_eval, parse_tags, read_training_args
 
     signer = trust_cmds.signer_for_publish(sign_key)  # a key that cannot sign fails before publishing
+    folder, chosen = select_adapter(directory, adapter_name)  # several without --adapter-name: refused here
+    if chosen is not None and adapter_name is None:
+        click.echo(f"publishing adapter {chosen!r}, the only one, from {folder}", err=True)
 
     options = catalogue.PublishOptions(
         base_model=base_model,
@@ -62,9 +68,10 @@ def publish(
         description=description,
         tags=parse_tags(tags),
         author=author,
+        adapter_name=adapter_name,
     )
-    total = sum(p.stat().st_size for p in directory.glob("*") if p.is_file()) if directory.is_dir() else 0
-    with hashing_progress(total, f"hashing {directory.name}") as progress:
+    total = sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.is_dir() else 0
+    with hashing_progress(total, f"hashing {folder.name}") as progress:
         result = catalogue.publish(directory, name, db=app.db, options=options, progress=progress)
 
     signature = signer(result.version.ref, app.db, author) if signer else None

@@ -172,6 +172,9 @@ def demo(workdir: Path | None) -> None:
     tour.spr("show", "team/coach@7", expect=4)
 
     click.secho(f"\ndone in {time.perf_counter() - tour.started:.1f} s; everything is under {workdir}", fg="cyan")
+    home = shlex.quote(str(workdir / "publisher" / "spr-home"))
+    click.echo(f"see it in a browser (lineage graphs, eval plots, the audit log; needs the [ui] extra):\n"
+               f"  SPR_HOME={home} spr ui")
 
 
 def _peft_alone(tour: Tour, base: Path, wide: Path) -> None:

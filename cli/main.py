@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 
 from registry.cli import (  # noqa: F401  (importing registers the commands)
+    blobs_cmds,
     catalogue_cmds,
     demo_cmd,
     hub_cmds,
     ops_cmds,
     train_cmds,
     trust_cmds,
+    ui_cmds,
     verify_cmds,
 )
 from registry.cli.app import cli, run

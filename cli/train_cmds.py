@@ -75,7 +75,7 @@ def training_progress(enabled: bool) -> Iterator[Callable[[int, int, float | Non
 @click.option("--method", type=click.Choice(METHOD_CHOICES), help=f"PEFT method (default {D.DEFAULT_METHOD}; with --parent, the parent's).")
 @click.option("--virtual-tokens", type=int, help=f"Number of virtual tokens (default {D.DEFAULT_VIRTUAL_TOKENS}; with --init text, the init text's token count).")
 @click.option("--init", "init", type=click.Choice(INIT_CHOICES), help="Prompt-tuning init (default random; text when --init-text is given).")
-@click.option("--init-text", help="Text the soft prompt starts from (--init text).")
+@click.option("--init-text", help="Text the soft prompt starts from (--init text); --virtual-tokens defaults to its token count (another count: PEFT cuts or repeats the text, with a warning, and records what it used).")
 @click.option("--epochs", type=float, default=D.DEFAULT_EPOCHS, show_default=True)
 @click.option("--lr", type=float, default=D.DEFAULT_LR, show_default=True, help="Learning rate.")
 @click.option("--batch-size", type=int, default=D.DEFAULT_BATCH_SIZE, show_default=True)
@@ -170,11 +170,15 @@ def train(
         "timings": result.timings,
         "step_seconds": result.step_seconds,
         "signature": signature,
+        "notices": list(result.notices),
     }
 
     def render() -> None:
         def note(text: str) -> None:
             click.echo(text, err=True)
+
+        for notice in result.notices:
+            note(f"warning: {notice}")
 
         note(
             f"trained {result.steps} step(s) in {result.timings.get('train', 0):.1f} s "

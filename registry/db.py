@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -206,8 +207,8 @@ def alembic_config(engine: Engine) -> Any:
 
     from alembic.config import Config
 
-    # Config's default stdout is sys.stdout as it was when alembic was first imported (a default
-    # argument), which under a test's output capture is a stream closed later: read it now.
+    # Alembic's default stdout is the sys.stdout of when alembic.config was first imported (a
+    # default argument): name today's, or a replaced-and-closed stream breaks every later command.
     cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(_script_location()))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
@@ -218,7 +219,7 @@ def known_revisions() -> set[str]:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    cfg = Config()
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(_script_location()))
     return {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
 
@@ -277,12 +278,12 @@ def session_scope(url: str | None = None, *, write: bool = False) -> Iterator[Se
         session.rollback()
         if _is_lock_error(exc):
             raise
-        raise _translate(exc) from None
+        raise _translate(exc, engine.url) from None
     except sa_exc.DBAPIError as exc:
         session.rollback()
         if _is_serialization_error(exc):
             raise
-        raise _translate(exc) from None
+        raise _translate(exc, engine.url) from None
     except BaseException:
         session.rollback()
         raise
@@ -302,11 +303,11 @@ def write_with_retry(url: str | None, work: Callable[[Session], T], *, what: str
                 return work(session)
         except (sa_exc.IntegrityError, RetryableConflict, sa_exc.OperationalError, sa_exc.DBAPIError) as exc:
             if isinstance(exc, sa_exc.OperationalError) and not _is_lock_error(exc):
-                raise _translate(exc) from None
+                raise _translate(exc, settings.database_url(url)) from None
             if isinstance(exc, sa_exc.DBAPIError) and not isinstance(
                 exc, (sa_exc.IntegrityError, sa_exc.OperationalError)
             ) and not _is_serialization_error(exc):
-                raise _translate(exc) from None
+                raise _translate(exc, settings.database_url(url)) from None
             if attempt == MAX_ATTEMPTS:
                 raise DatabaseError(
                     f"{what} lost {MAX_ATTEMPTS} races with concurrent writers in a row ({type(exc).__name__})",
@@ -327,9 +328,19 @@ def _is_serialization_error(exc: BaseException) -> bool:
     return code in ("40001", "40P01")
 
 
-def _translate(exc: BaseException) -> DatabaseError:
+LOW_SPACE_BYTES = 1 << 20  # an I/O error with less than this free where the database lives: a full disk
+
+
+def _translate(exc: BaseException, url: Any = None) -> DatabaseError:
+    """A :class:`DatabaseError` saying what failed; ``url`` (the catalogue's) lets a full disk be named."""
     orig = getattr(exc, "orig", exc)
     detail = f"{type(orig).__name__}: {str(orig).splitlines()[0][:300]}" if str(orig) else type(orig).__name__
+    full = _disk_full(orig, url)
+    if full is not None:
+        return DatabaseError(
+            f"the catalogue could not be written: {full} ({detail})",
+            hint="free some space on that disk ('spr gc' removes unreferenced blobs), then retry",
+        )
     if isinstance(exc, sa_exc.DataError):
         return DatabaseError(
             f"the catalogue refused a value: {detail}",
@@ -339,6 +350,44 @@ def _translate(exc: BaseException) -> DatabaseError:
         f"the catalogue database failed: {detail}",
         hint="check that the database is reachable and that --db / SPR_DATABASE_URL is right",
     )
+
+
+def _disk_full(orig: BaseException, url: Any) -> str | None:
+    """Why a database error is a full disk, or None: SQLite's SQLITE_FULL, PostgreSQL's disk_full, or
+    SQLite's generic "disk I/O error" (what a write into its WAL on a full disk reports) while the
+    database's folder has under :data:`LOW_SPACE_BYTES` free."""
+    name = str(getattr(orig, "sqlite_errorname", "") or "")
+    text_ = str(orig).lower()
+    if getattr(orig, "sqlstate", None) == "53100":
+        return "the PostgreSQL server's disk is full"
+    path = _sqlite_path(url)
+    where = f"the disk holding {path}" if path else "the disk holding the catalogue"
+    if name.startswith("SQLITE_FULL") or "database or disk is full" in text_:
+        return f"{where} is full"
+    if (name.startswith("SQLITE_IOERR") or "disk i/o error" in text_) and path is not None:
+        import shutil
+
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            return None
+        if free < LOW_SPACE_BYTES:
+            return f"{where} is full ({free} bytes free)"
+    return None
+
+
+def _sqlite_path(url: Any) -> Path | None:
+    if url is None:
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(str(url)) if isinstance(url, str) else url
+    except Exception:
+        return None
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
 
 
 def upgrade_url(url: str | None = None) -> str | None:

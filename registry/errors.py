@@ -127,6 +127,14 @@ class HubError(RegistryError):
     exit_code = EXIT_HUB
 
 
+class BlobStoreError(RegistryError):
+    """The blob store (an S3 bucket, …) refused or failed: no credentials, access denied, unreachable."""
+
+
+class BlobInUseError(BlobStoreError):
+    """gc asked to remove a blob that a writer (possibly on another machine) is about to reference."""
+
+
 class LockfileDriftError(IntegrityError):
     """What a lockfile pins no longer matches what the Hub serves."""
 

@@ -34,6 +34,26 @@ def blobs_dir() -> Path:
     return home() / "blobs"
 
 
+def blob_url() -> str | None:
+    """Where blobs live when not in a local folder: ``$SPR_BLOB_URL`` (``s3://bucket/prefix``), else ``None``."""
+    value = os.environ.get("SPR_BLOB_URL", "").strip()
+    return value or None
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint (MinIO, Ceph, R2, …): ``$AWS_ENDPOINT_URL_S3`` or ``$AWS_ENDPOINT_URL``; ``None`` for AWS."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def blob_cache_dir() -> Path:
+    """The local verified cache of a remote blob store: ``$SPR_HOME/cache/blobs``."""
+    return home() / "cache" / "blobs"
+
+
 def default_database_path() -> Path:
     return home() / "catalogue.sqlite"
 

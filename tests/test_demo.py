@@ -35,5 +35,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "synced 2 adapter(s)" in out
     assert "(exit 5, as expected)" in out
     assert "audit: 0 error(s)" in out
+    assert f"SPR_HOME={tmp_path / 'demo' / 'publisher' / 'spr-home'} spr ui" in out  # where to look next
     for machine in ("publisher", "deploy"):
         assert (tmp_path / "demo" / machine / "spr-home" / "catalogue.sqlite").is_file()

@@ -9,12 +9,13 @@ It never unpickles anything: a directory holding only ``adapter_model.bin`` is r
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from registry.adapters.tensorfile import count_non_finite, read_header
 from registry.digest import parse_json_object
-from registry.errors import InvalidAdapterError
+from registry.errors import InvalidAdapterError, UsageError
 from registry.types import AdapterFacts, AdapterFileInfo, TensorFacts
 
 CONFIG_NAME = "adapter_config.json"
@@ -65,6 +66,7 @@ def read_adapter(directory: Path, *, check_values: bool = True) -> AdapterFacts:
     config_path = _member(root, CONFIG_NAME, required=True)
     assert config_path is not None
     config = _read_config(config_path)
+    check_references(config, config_path)
     weights_path = _member(root, WEIGHTS_NAME, required=False)
     if weights_path is None:
         pickled = [n for n in PICKLE_NAMES if (root / n).exists()]
@@ -108,6 +110,63 @@ def read_adapter(directory: Path, *, check_values: bool = True) -> AdapterFacts:
     return facts.with_files(tuple(files), header_metadata=header.metadata)
 
 
+MAX_ADAPTER_FOLDERS = 1000  # sub-folders looked at for adapters; a bigger folder is not an adapter save
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def find_adapters(directory: Path) -> dict[str, Path]:
+    """The adapters PEFT's ``save_pretrained`` wrote in ``directory``, by adapter name.
+
+    PEFT writes the ``default`` adapter's files into the folder itself and every other adapter
+    into ``<folder>/<adapter name>/``. Returns ``{name: folder}`` (``default`` for the top level),
+    in name order; sub-folders that are symlinks are skipped. Raises nothing for a missing folder.
+    """
+    directory = Path(directory)
+    found: dict[str, Path] = {}
+    if (directory / CONFIG_NAME).is_file():
+        found["default"] = directory
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)[:MAX_ADAPTER_FOLDERS]
+    except OSError:
+        return found
+    for entry in entries:
+        if (
+            entry.name != "default" and _ADAPTER_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+            and os.path.isfile(os.path.join(entry.path, CONFIG_NAME))
+        ):
+            found[entry.name] = Path(entry.path)
+    return dict(sorted(found.items()))
+
+
+def select_adapter(directory: Path, adapter_name: str | None = None) -> tuple[Path, str | None]:
+    """The folder of the one adapter to read in ``directory``, and its name when it is a sub-folder.
+
+    ``adapter_name`` picks one of :func:`find_adapters` (``default`` is the top level). Without it,
+    a folder holding exactly one adapter gives that one; a folder holding several is refused with
+    their names (:class:`UsageError`); a folder holding none is returned as is, for
+    :func:`read_adapter` to explain. Raises :class:`InvalidAdapterError` for an unknown ``adapter_name``.
+    """
+    directory = Path(directory)
+    found = find_adapters(directory)
+    if adapter_name is not None:
+        if adapter_name not in found:
+            raise InvalidAdapterError(
+                f"{directory} holds no adapter named {adapter_name!r}; found {', '.join(found) or 'none'}",
+                hint="pass one of the names found (PEFT writes adapter NAME to DIR/NAME, 'default' to DIR itself)",
+            )
+        return found[adapter_name], None if found[adapter_name] == directory else adapter_name
+    if len(found) > 1:
+        raise UsageError(
+            f"{directory} holds {len(found)} adapters: {', '.join(found)} "
+            "(PEFT's save_pretrained writes each adapter name to its own folder)",
+            hint="choose one with --adapter-name NAME",
+        )
+    if len(found) == 1:
+        name, folder = next(iter(found.items()))
+        return folder, None if folder == directory else name
+    return directory, None
+
+
 def _member(root: Path, name: str, *, required: bool) -> Path | None:
     """A regular file directly in ``root``; a symlink that leaves ``root`` is refused."""
     path = root / name
@@ -129,6 +188,16 @@ def _member(root: Path, name: str, *, required: bool) -> Path | None:
     return resolved
 
 
+def read_checked_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json`` at ``path``, bounded, parsed and held to :func:`check_references`.
+
+    For loaders: a version catalogued before a check existed is refused at load time too.
+    """
+    config = _read_config(Path(path))
+    check_references(config, path)
+    return config
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
@@ -139,6 +208,98 @@ def _read_config(path: Path) -> dict[str, Any]:
     return parse_json_object(
         path.read_bytes(), str(path), InvalidAdapterError, hint="re-save the adapter with PEFT's save_pretrained()"
     )
+
+
+# Values of ``init_lora_weights`` that leave the base model alone when PEFT builds the layer. The
+# others (pissa*, olora, corda, loftq, lora_ga) rewrite or quantize the base weights at every load,
+# inference included, because PEFT re-runs the init before it loads the saved tensors.
+SAFE_LORA_INITS = ("gaussian", "eva", "orthogonal", "mica")
+_AUTO_LIBRARIES = ("transformers", "diffusers")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def check_references(config: dict[str, Any], path: Path | str) -> None:
+    """Refuse config values that make PEFT reach outside the adapter when it loads it.
+
+    ``adapter_config.json`` is hostile input: PEFT passes ``tokenizer_kwargs`` to
+    ``AutoTokenizer.from_pretrained`` (``cache_dir``, ``token``, ``subfolder``…) and loads the
+    tokenizer named by ``tokenizer_name_or_path`` when the config has ``inference_mode: false``
+    (which ``save_pretrained`` never writes); it re-runs LoRA inits that rewrite the base weights;
+    it imports the module named by ``megatron_core`` and ``auto_mapping``; CorDA's config names
+    files that PEFT unpickles. Names of a base model or tokenizer are kept as metadata (spr never
+    loads them), but must not be URLs or hold control characters. Raises :class:`InvalidAdapterError`.
+    """
+
+    def refuse(message: str, hint: str) -> InvalidAdapterError:
+        return InvalidAdapterError(f"{path}: {message}", hint=hint)
+
+    resave = "save the adapter again with PEFT's save_pretrained()"
+    if config.get("inference_mode") is False:
+        raise refuse(
+            "inference_mode is false, which save_pretrained() never writes; it makes PEFT re-run the "
+            "prompt init when loading (a TEXT init loads the tokenizer named by tokenizer_name_or_path)",
+            resave,
+        )
+    for key in ("tokenizer_name_or_path", "base_model_name_or_path"):
+        value = config.get(key)
+        if isinstance(value, str) and ("://" in value or _CONTROL.search(value)):
+            raise refuse(
+                f"{key} {value[:80]!r} is a URL or holds control characters; expected a Hub repo id or a path",
+                f"set {key} to the repo id or directory of the base model and save the adapter again",
+            )
+    revision = config.get("revision")
+    if revision is not None and not _safe_revision(revision):
+        raise refuse(f"revision {str(revision)[:80]!r} is not a git revision name", "set revision to a commit sha, branch or tag")
+    kwargs = config.get("tokenizer_kwargs")
+    if kwargs not in (None, {}):
+        extra = sorted(map(str, kwargs)) if isinstance(kwargs, dict) else [type(kwargs).__name__]
+        if extra == ["revision"] and not _safe_revision(kwargs["revision"]):
+            raise refuse(f"tokenizer_kwargs revision {str(kwargs['revision'])[:80]!r} is not a git revision name",
+                         "set it to a commit sha, branch or tag, or remove tokenizer_kwargs")
+        if extra != ["revision"]:
+            raise refuse(
+                f"tokenizer_kwargs sets {', '.join(extra)[:120]}; PEFT passes them to "
+                "AutoTokenizer.from_pretrained (a cache_dir, token or subfolder chosen by whoever wrote the config)",
+                "remove tokenizer_kwargs (only a 'revision' is accepted) and save the adapter again",
+            )
+    init = config.get("init_lora_weights")
+    if init is not None and not isinstance(init, bool) and not (isinstance(init, str) and init.lower() in SAFE_LORA_INITS):
+        raise refuse(
+            f"init_lora_weights is {str(init)[:40]!r}, an init that rewrites the base model's weights "
+            "every time PEFT loads the adapter",
+            "convert the adapter with save_pretrained(path_initial_model_for_weight_conversion=...), "
+            "which saves init_lora_weights=true",
+        )
+    if config.get("loftq_config") not in (None, {}):
+        raise refuse("loftq_config is set: LoftQ quantizes the base model's weights when the adapter is loaded",
+                     "remove loftq_config (save the adapter with init_lora_weights=true)")
+    if config.get("corda_config") is not None:
+        raise refuse("corda_config is set: it names cache and covariance files that PEFT unpickles",
+                     "remove corda_config (save the adapter with init_lora_weights=true)")
+    if config.get("megatron_config") not in (None, {}) or config.get("megatron_core") not in (None, "megatron.core"):
+        raise refuse(
+            f"megatron_config/megatron_core are set (megatron_core {str(config.get('megatron_core'))[:60]!r}): "
+            "PEFT imports that module when it loads the adapter",
+            "remove megatron_config and megatron_core; Megatron adapters are not catalogued",
+        )
+    auto = config.get("auto_mapping")
+    if auto is not None:
+        library = auto.get("parent_library") if isinstance(auto, dict) else None
+        cls = auto.get("base_model_class") if isinstance(auto, dict) else None
+        if not (
+            isinstance(library, str) and isinstance(cls, str) and _IDENTIFIER.fullmatch(cls)
+            and any(library == lib or library.startswith(lib + ".") for lib in _AUTO_LIBRARIES)
+        ):
+            raise refuse(
+                f"auto_mapping names {str(library)[:60]!r}.{str(cls)[:60]}; AutoPeftModel imports that module",
+                f"set a task_type instead of auto_mapping, or a class from {' or '.join(_AUTO_LIBRARIES)}",
+            )
+
+
+def _safe_revision(value: Any) -> bool:
+    return isinstance(value, str) and bool(_REVISION.fullmatch(value)) and ".." not in value
 
 
 def _peft_type(config: dict[str, Any], path: Path) -> str:

@@ -15,7 +15,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -138,23 +138,29 @@ def _tensor_info(name: str, entry: object, data_start: int, data_size: int | Non
 
 def read_header(path: Path, where: str | None = None) -> SafetensorsHeader:
     """Read and validate the header of a local safetensors file (reads only the header bytes)."""
-    where = where or str(path)
-    file_size = path.stat().st_size
     with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise InvalidAdapterError(
-                f"{where}: truncated safetensors file ({file_size} bytes; the 8-byte header length is missing)",
-                hint="the file is incomplete; copy or save it again",
-            )
-        (header_length,) = struct.unpack("<Q", prefix)
-        if header_length > MAX_HEADER_BYTES or header_length > file_size - 8:
-            raise InvalidAdapterError(
-                f"{where}: safetensors header length {header_length} is impossible for a "
-                f"{file_size}-byte file (limit {MAX_HEADER_BYTES})",
-                hint="the file is truncated or not a safetensors file; save it again",
-            )
-        raw = f.read(header_length)
+        return read_header_stream(f, path.stat().st_size, where or str(path))
+
+
+def read_header_stream(f: IO[bytes], file_size: int, where: str) -> SafetensorsHeader:
+    """Read and validate a safetensors header from the start of a stream of ``file_size`` bytes.
+
+    Reads only the header bytes, so a blob store's stream (a bucket's object) is not downloaded whole.
+    """
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise InvalidAdapterError(
+            f"{where}: truncated safetensors file ({file_size} bytes; the 8-byte header length is missing)",
+            hint="the file is incomplete; copy or save it again",
+        )
+    (header_length,) = struct.unpack("<Q", prefix)
+    if header_length > MAX_HEADER_BYTES or header_length > file_size - 8:
+        raise InvalidAdapterError(
+            f"{where}: safetensors header length {header_length} is impossible for a "
+            f"{file_size}-byte file (limit {MAX_HEADER_BYTES})",
+            hint="the file is truncated or not a safetensors file; save it again",
+        )
+    raw = f.read(header_length)
     return parse_header_bytes(raw, header_length, file_size, where)
 
 

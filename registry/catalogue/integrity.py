@@ -77,6 +77,12 @@ def referenced_blobs(db: str | None = None) -> set[str]:
         return set(session.scalars(select(FileRow.sha256).distinct()))
 
 
+def blob_referenced(sha256: str, db: str | None = None) -> bool:
+    """True when some file row references the blob (one indexed query; gc asks it just before a delete)."""
+    with dbmod.session_scope(db) as session:
+        return session.scalar(select(FileRow.id).where(FileRow.sha256 == sha256).limit(1)) is not None
+
+
 def _snapshot_isolation(session: Session) -> None:
     # PostgreSQL's default (read committed) gives each statement its own snapshot: a version
     # committed between two queries would look like a version without files. One snapshot for

@@ -29,7 +29,7 @@ from registry.catalogue.bindings import bound, eval_binding
 from registry.catalogue.changes import EvalInput, add_eval_row, dataset_id
 from registry.catalogue.eventlog import append_event, log_event
 from registry.catalogue.queries import ACTIVE, get_version, utcnow, version_info
-from registry.db import write_with_retry
+from registry.db import session_scope, write_with_retry
 from registry.digest import (
     PREFIX,
     ProgressCallback,
@@ -82,6 +82,8 @@ class PublishOptions:
     # False for adapters catalogued from outside (``spr import`` of a plain PEFT repo): their
     # base model and data are what the adapter claims, not what the registry saw.
     lineage_verified: bool = True
+    # Which adapter of a folder PEFT saved several into (``DIR/NAME``; ``default`` is ``DIR``).
+    adapter_name: str | None = None
 
 
 def publish(
@@ -97,11 +99,14 @@ def publish(
 
     Publishing content whose manifest digest already exists for ``name`` returns that version
     (``created=False``): retries are safe. Raises :class:`InvalidAdapterError` and friends for bad
-    input, before anything is written.
+    input, before anything is written. A folder where PEFT saved adapters under their names
+    (``DIR/NAME/adapter_config.json``) publishes its only adapter, or ``options.adapter_name``;
+    several without a name raise :class:`UsageError` listing them.
     """
     options = options or PublishOptions()
     namespace, short = split_name(name)
-    facts = adapter_reader.read_adapter(Path(directory))
+    folder, _ = adapter_reader.select_adapter(Path(directory), options.adapter_name)
+    facts = adapter_reader.read_adapter(folder)
     base = _base_model_info(facts, options)
     dataset = _dataset_info(options)
     parent_digest = _parent_digest(options, db)
@@ -109,29 +114,54 @@ def publish(
     actor = settings.current_actor(options.author)
     if store is None:
         store = open_store()
-    with store.writing():  # from the first stored blob to the commit: gc keeps out
-        files = _store_files(facts, store, progress)
-        manifest = manifests.build(
-            facts,
-            files,
-            base_model=base,
-            dataset=dataset,
-            training=options.training,
-            template=options.template,
-            parent_digest=parent_digest,
-        )
-        return _record_version(
-            db,
-            namespace,
-            short,
-            manifest,
-            actor=actor,
-            description=options.description,
-            tags=options.tags,
-            evals=options.evals,
-            lineage_verified=options.lineage_verified,
-            action="publish",
-        )
+    created: list[str] = []  # blobs this publish stored that were not there before
+    try:
+        with store.writing():  # from the first stored blob to the commit: gc keeps out
+            files = _store_files(facts, store, progress, created)
+            manifest = manifests.build(
+                facts,
+                files,
+                base_model=base,
+                dataset=dataset,
+                training=options.training,
+                template=options.template,
+                parent_digest=parent_digest,
+            )
+            return _record_version(
+                db,
+                namespace,
+                short,
+                manifest,
+                actor=actor,
+                description=options.description,
+                tags=options.tags,
+                evals=options.evals,
+                lineage_verified=options.lineage_verified,
+                action="publish",
+            )
+    except BaseException:
+        _remove_created(store, created, db)
+        raise
+
+
+def _remove_created(store: BlobStore, created: list[str], db: str | None) -> None:
+    """After a failed publish, delete the blobs it stored, so the store is as it was.
+
+    Only blobs this publish created (not ones it found stored), under gc's exclusive lock (so no
+    other publish or pull is between storing and committing), and only those no version
+    references (another writer may have committed one meanwhile). When that cannot be decided
+    (the catalogue is unreadable), they stay for ``spr gc``, as after a crash.
+    """
+    if not created:
+        return
+    try:
+        with store.collecting():
+            with session_scope(db) as session:
+                referenced = set(session.scalars(select(FileRow.sha256).where(FileRow.sha256.in_(set(created)))))
+            for sha in set(created) - referenced:
+                store.remove(sha)
+    except Exception:  # never hide the publish's own error behind the cleanup's
+        return
 
 
 def import_manifest(
@@ -282,10 +312,26 @@ def _check_template(template: str | None) -> None:
         )
 
 
-def _store_files(facts: AdapterFacts, store: BlobStore, progress: ProgressCallback | None) -> list[FileRecord]:
+def _store_files(
+    facts: AdapterFacts, store: BlobStore, progress: ProgressCallback | None, created: list[str]
+) -> list[FileRecord]:
+    """Store the adapter's files; append to ``created`` the digests of blobs that were not stored yet.
+
+    Each file is hashed first: a blob already stored is reused (not copied again), so a failed
+    publish removes only what it added (:func:`_remove_created`).
+    """
     records = []
     for f in facts.files:
-        sha, size = store.put_file(Path(f.source), progress)
+        source = Path(f.source)
+        sha, size = sha256_file(source, progress)
+        if not store.reuse(sha):
+            put_sha, size = store.put_file(source)
+            created.append(put_sha)
+            if put_sha != sha:
+                raise InvalidAdapterError(
+                    f"{f.source} changed while it was being published (its sha256 changed)",
+                    hint="wait until training has finished writing the adapter, then publish again",
+                )
         if size != f.size:
             raise InvalidAdapterError(
                 f"{f.source} changed while it was being published ({f.size} bytes, then {size})",
@@ -294,9 +340,10 @@ def _store_files(facts: AdapterFacts, store: BlobStore, progress: ProgressCallba
         records.append(FileRecord(path=f.path, sha256=sha, size=size))
     # Re-read the weights header from the stored copy: what is recorded is what was validated.
     weights = next(r for r in records if r.path == adapter_reader.WEIGHTS_NAME)
-    from registry.adapters.tensorfile import read_header
+    from registry.adapters.tensorfile import read_header_stream
 
-    stored = read_header(store.local_path(weights.sha256), where=adapter_reader.WEIGHTS_NAME)
+    with store.open_read(weights.sha256) as stream:  # the header bytes only, also from a bucket
+        stored = read_header_stream(stream, weights.size, where=adapter_reader.WEIGHTS_NAME)
     shapes = {n: (t.dtype, t.shape) for n, t in stored.tensors.items()}
     if shapes != {t.name: (t.dtype, t.shape) for t in facts.tensors}:
         raise InvalidAdapterError(

@@ -223,6 +223,22 @@ class HubClient:
     def __repr__(self) -> str:  # never show the token
         return f"HubClient({self.endpoint!r})"
 
+    def snapshot(self, repo_id: str, revision: str | None, allow_patterns: Sequence[str], *, what: str) -> Path:
+        """Download the files of ``repo_id`` at ``revision`` matching ``allow_patterns``; returns the snapshot folder."""
+        from huggingface_hub import snapshot_download
+
+        with self.call(what, repo_id, revision=revision):
+            return Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    endpoint=self.endpoint,
+                    token=self._token,
+                    cache_dir=str(self.cache_dir),
+                    allow_patterns=list(allow_patterns),
+                )
+            )
+
     @contextlib.contextmanager
     def call(self, what: str, repo_id: str, *, revision: str | None = None) -> Iterator[None]:
         """Turn the client's exceptions into :class:`HubError` with one clear line."""

@@ -42,7 +42,7 @@ from registry.ml.defaults import (
 )
 from registry.types import BaseModelInfo, DatasetInfo, VersionInfo
 
-__all__ = ["Plan", "TrainConfig", "make_plan", "resolve_method"]
+__all__ = ["Plan", "TrainConfig", "check_init_text", "make_plan", "resolve_method", "text_init_ids"]
 
 
 @dataclass
@@ -94,6 +94,9 @@ class Plan:
     parent: VersionInfo | None
     db: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    init_text_used: str | None = None  # the init text PEFT used, when it differs from the one given
+    init_text_tokens: int | None = None  # the given init text's token count under the base's tokenizer
 
 
 def make_plan(config: TrainConfig, *, db: str | None) -> Plan:
@@ -219,6 +222,36 @@ def resolve_method(config: TrainConfig, parent: VersionInfo | None) -> tuple[str
     if virtual is None and init_name != "TEXT":
         virtual = DEFAULT_VIRTUAL_TOKENS
     return method, peft_type, init_name, virtual
+
+
+def text_init_ids(ids: list[int], total: int) -> list[int]:
+    """The token ids PEFT's TEXT init uses for ``total`` virtual tokens: truncated, or repeated to fill."""
+    if not ids:
+        return []
+    return (ids * math.ceil(total / len(ids)))[:total]
+
+
+def check_init_text(tokenizer: Any, text: str, virtual: int | None, plan: Plan, *, submodules: int = 1) -> int:
+    """The virtual-token count for a TEXT init: the text's token count unless one was given.
+
+    An explicit ``virtual`` that differs from the text's count is accepted (PEFT truncates or
+    repeats the text), with a notice in ``plan.notices``; ``plan.init_text_used`` is then the text
+    PEFT actually starts from (decoded from the ids it uses), which is what gets recorded.
+    """
+    ids = list(tokenizer(text)["input_ids"])
+    if not ids:
+        raise UsageError("--init-text has no tokens under the base model's tokenizer", hint="give a longer --init-text")
+    if virtual is None or virtual == len(ids):
+        return len(ids)
+    used = tokenizer.decode(text_init_ids(ids, virtual * submodules))
+    how = "cut it to" if virtual < len(ids) else "repeated it to fill"
+    plan.notices.append(
+        f"--init-text has {len(ids)} tokens under the base model's tokenizer but --virtual-tokens is {virtual}: "
+        f"PEFT {how} {used[:120]!r}, which is recorded as the init text; "
+        f"drop --virtual-tokens to start from exactly the text ({len(ids)} virtual tokens)"
+    )
+    plan.init_text_used, plan.init_text_tokens = used, len(ids)
+    return virtual
 
 
 def _recorded_local_base(parent: VersionInfo | None) -> str:

@@ -80,15 +80,54 @@ def _load_base(spec: str | os.PathLike[str], report: CompatReport, task_type: st
 
 def _materialise(subject: AdapterSubject, into: Path, store: BlobStore) -> Path:
     """The adapter's files in a directory PEFT can read: verified blobs exported, or the directory itself."""
-    if subject.version is None:
-        assert subject.directory is not None
-        return subject.directory
     from registry.adapters.manifest import check_relative_path
+
+    if subject.version is None:
+        # A private copy whose config is rewritten (trusted_config); the weights are linked, not copied.
+        assert subject.directory is not None
+        into.mkdir(parents=True)
+        for info in subject.facts.files:
+            if info.path == ADAPTER_CONFIG:
+                shutil.copyfile(info.source, into / ADAPTER_CONFIG)
+            else:
+                (into / check_relative_path(info.path, "adapter")).symlink_to(info.source)
+        return into
 
     for f in subject.version.files:
         # export() re-hashes on the way out, so bytes changed since verify() are refused too.
         store.export(f.sha256, into / check_relative_path(f.path, "catalogue"))
     return into
+
+
+def trusted_config(
+    directory: Path, *, base_name: str | None = None, revision: str | None = None, trainable: bool = False
+) -> dict[str, Any]:
+    """Check the adapter config in ``directory`` and rewrite it with our values before PEFT reads it.
+
+    Raises :class:`InvalidAdapterError` for a value PEFT would act on outside the adapter
+    (:func:`registry.adapters.reader.check_references`: a version catalogued before that check
+    existed is refused here too). With ``base_name``, the config names the base (and its tokenizer)
+    that spr loaded instead of what the file claims. With ``trainable``, a TEXT init is set to
+    RANDOM (the saved weights replace the init anyway), so PEFT never loads a tokenizer named by the
+    config; callers restore the recorded init on the built model. Returns the config as written.
+    """
+    import json
+
+    from registry.adapters.reader import CONFIG_NAME, read_checked_config
+
+    config = read_checked_config(directory / CONFIG_NAME)
+    config["inference_mode"] = not trainable
+    config.pop("runtime_config", None)  # PEFT drops it with a warning; runtime settings are the caller's
+    if base_name is not None:
+        config["base_model_name_or_path"] = base_name
+        config["revision"] = revision
+        if config.get("tokenizer_name_or_path") is not None:
+            config["tokenizer_name_or_path"] = base_name
+            config["tokenizer_kwargs"] = {"revision": revision} if revision else None
+    if trainable and str(config.get("prompt_tuning_init", "")).upper() in ("TEXT", "SAMPLE_VOCAB"):
+        config["prompt_tuning_init"] = "RANDOM"
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return config
 
 
 def _stored_tensors(directory: Path) -> dict[str, Any]:
@@ -228,6 +267,7 @@ def load_many(
             peft_model = None
             for i, (subject, name) in enumerate(zip(subjects, names, strict=True)):
                 directory = _materialise(subject, workdir / str(i), store)
+                trusted_config(directory)  # refuse what PEFT would act on outside the adapter
                 stored = _stored_tensors(directory)
                 if peft_model is None:
                     peft_model = peft.PeftModel.from_pretrained(model, str(directory), adapter_name=name, is_trainable=False)
@@ -267,6 +307,7 @@ __all__ = [
     "load",
     "load_many",
     "resolve_adapter",
+    "trusted_config",
     "verify",
     "verify_subject",
 ]  # verification names re-exported from registry.verification

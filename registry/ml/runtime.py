@@ -14,8 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from registry import settings
-from registry.errors import DependencyMissingError, HubError, InvalidBaseModelError, UsageError
+from registry.errors import DependencyMissingError, InvalidBaseModelError, UsageError
 from registry.ml.data import IGNORE_INDEX, Encoded, pad_batch
 from registry.types import BaseModelInfo
 
@@ -143,24 +142,20 @@ def load_base_model(spec: str, info: BaseModelInfo | None = None) -> tuple[Any, 
 
 
 def _download_base(spec: str, info: BaseModelInfo | None) -> str:
-    """Fetch a Hub base at the commit its identity was measured at; return the local snapshot."""
-    from huggingface_hub import snapshot_download
+    """Fetch a Hub base at the commit its identity was measured at; return the local snapshot.
+
+    Through the one Hub client (:class:`registry.hub.HubClient`): the same endpoint and token rules
+    and the same one-line errors as push and pull.
+    """
+    from registry.hub import HubClient
 
     name, _, revision = spec.partition("@")
     pinned = info.revision if info is not None and info.revision else (revision or None)
-    try:
-        with quiet():
-            return str(snapshot_download(
-                name, revision=pinned, endpoint=settings.hub_endpoint(), token=settings.hub_token(),
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
-            ))
-    except Exception as exc:
-        raise HubError(
-            # Redact before truncating: a server may echo the Authorization header it was sent.
-            f"cannot download base model {name}@{pinned or 'main'} from {settings.hub_endpoint()}: "
-            f"{settings.redact_token(str(exc))[:200]}",
-            hint="check the network, HF_ENDPOINT and HF_TOKEN, or pass a local directory",
-        ) from None
+    with quiet():
+        return str(HubClient().snapshot(
+            name, pinned, ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
+            what=f"downloading base model {name}@{pinned or 'main'}",
+        ))
 
 
 def mean_token_loss(

@@ -21,10 +21,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from registry import settings
 from registry.digest import PREFIX, canonical_json, sha256_bytes
 from registry.errors import InterruptedOperationError, UsageError
-from registry.ml.config import Plan, TrainConfig, make_plan
+from registry.ml.config import Plan, TrainConfig, check_init_text, make_plan
 from registry.ml.data import (
     IGNORE_INDEX,
     Encoded,
@@ -144,6 +147,7 @@ class TrainResult:
     adapter_dir: Path | None = None  # where the adapter was written (``output_dir``), else None
     published: PublishResult | None = None
     heldout: tuple[Example, ...] = ()
+    notices: tuple[str, ...] = ()  # warnings for the user (an init text that PEFT truncated or repeated)
 
     @property
     def tokens_per_second(self) -> float:
@@ -281,11 +285,50 @@ def _run(
         adapter_dir=output_dir,
         published=published,
         heldout=tuple(plan.eval_examples) if plan.eval_split_name else (),
+        notices=tuple(plan.notices),
     )
 
 
 # The step the running training has reached, for the interruption message.
 _current_step: dict[str, int] = {}
+# Set by Ctrl-C while the Trainer runs; acted on at the next step boundary (see _interruptible).
+_interrupt: dict[str, bool] = {}
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Deliver Ctrl-C to the training loop at a step boundary, where it cannot be lost.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be. During training that is
+    often a finaliser (``__del__`` of a tensor or an autograd node being freed), and an exception
+    raised in a finaliser is printed as "Exception ignored" and dropped: training then went on
+    (issue 12: step 1826 of 100000 after the SIGINT). Here the first Ctrl-C only sets a flag, which
+    the step callbacks turn into a KeyboardInterrupt from an ordinary frame; a second Ctrl-C
+    raises at once, for a step that never ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if _interrupt.get("requested"):
+            raise KeyboardInterrupt
+        _interrupt["requested"] = True
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupted = _interrupt.pop("requested", False)
+    if interrupted:  # asked during the very last step: still an interruption
+        raise KeyboardInterrupt
+
+
+def _stop_if_interrupted() -> None:
+    if _interrupt.get("requested"):
+        raise KeyboardInterrupt
 
 
 def _tmp_root() -> Path:
@@ -306,6 +349,12 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
 
         # By digest: an alias moved while we trained must not change what we started from.
         parent_dir = catalogue.export(f"{plan.parent.full_name}@{plan.parent.digest}", work / "parent", db=plan.db)
+        from registry.ml.loading import trusted_config
+
+        # The parent's config is outside input: refused if PEFT would act on it outside the adapter,
+        # and rewritten to name our base and tokenizer, with a TEXT init built as RANDOM (PEFT would
+        # load the tokenizer named by the config; the parent's weights replace the init anyway).
+        trusted_config(parent_dir, base_name=base_name, revision=revision, trainable=True)
         if plan.peft_type == "LORA":
             with quiet():
                 return peft.PeftModel.from_pretrained(model, str(parent_dir), is_trainable=True)
@@ -313,18 +362,10 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         # the parent's config and its saved embedding is loaded into the fresh prompt encoder
         # (exact for prompt tuning and projection-free prefix tuning: that embedding is the weight).
         peft_config = peft.PeftConfig.from_pretrained(str(parent_dir))
-        peft_config.inference_mode = False
-        original_init = getattr(peft_config, "prompt_tuning_init", None)
-        original_kwargs = getattr(peft_config, "tokenizer_kwargs", None)
-        if original_init is not None:
-            # Build without re-running the init (a TEXT init would re-read the recorded tokenizer path).
-            peft_config.prompt_tuning_init = peft.PromptTuningInit.RANDOM
-            peft_config.tokenizer_kwargs = None
         with quiet():
             peft_model = peft.get_peft_model(model, peft_config)
-        if original_init is not None:
-            peft_model.peft_config["default"].prompt_tuning_init = original_init
-            peft_model.peft_config["default"].tokenizer_kwargs = original_kwargs
+        if plan.init is not None:  # the child records the parent's init, as trained
+            peft_model.peft_config["default"].prompt_tuning_init = plan.init
         from safetensors.torch import load_file
 
         state = load_file(str(parent_dir / "adapter_model.safetensors"))
@@ -338,9 +379,9 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         assert plan.init is not None  # _resolve_method always sets it for prompt tuning
         init_text = config.init_text if plan.init == "TEXT" else None
         virtual = plan.virtual_tokens
-        if virtual is None and init_text:
-            # The tutorials' habit: as many virtual tokens as the init text has tokens.
-            virtual = len(tokenizer(init_text)["input_ids"])
+        if init_text:
+            # The seeds' recipe: as many virtual tokens as the init text has tokens (the default).
+            virtual = check_init_text(tokenizer, init_text, virtual, plan, submodules=2 if seq2seq else 1)
         assert virtual is not None  # RANDOM/SAMPLE_VOCAB default to 4; TEXT has an init text to count
         tokenizer_kwargs = {"revision": revision} if revision and plan.init == "TEXT" else None  # PEFT: TEXT only
         peft_config = peft.PromptTuningConfig(
@@ -361,7 +402,10 @@ def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, se
         )
     try:
         with quiet():
-            return peft.get_peft_model(model, peft_config)
+            built = peft.get_peft_model(model, peft_config)
+        if plan.init_text_used is not None:  # record the text PEFT truncated or repeated, not the one given
+            built.peft_config["default"].prompt_tuning_init_text = plan.init_text_used
+        return built
     except ValueError as exc:
         raise UsageError(f"PEFT cannot build a {plan.method} adapter on this base: {str(exc)[:300]}",
                          hint="check --lora-target or choose another --method") from None
@@ -431,11 +475,13 @@ def make_trainer(
                     progress(int(state.global_step), int(state.max_steps), value)
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            _stop_if_interrupted()
             self.step_started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             log.step_seconds.append(time.perf_counter() - self.step_started)
             _current_step["step"] = int(state.global_step)
+            _stop_if_interrupted()
             if progress is not None and state.global_step % log.log_every:
                 # Steps that are not logged still move the bar; logged ones report from on_log.
                 progress(int(state.global_step), int(state.max_steps), log.curve[-1][1] if log.curve else None)
@@ -498,7 +544,7 @@ def train_steps(
             total_steps=steps, lr_scheduler=lr_scheduler,
         )
         try:
-            with quiet():
+            with quiet(), _interruptible():
                 trainer.train()
         finally:
             _current_step.clear()
@@ -551,7 +597,7 @@ def _train_in(
         output_dir=work / "trainer", total_steps=total_steps, progress=progress, callbacks=callbacks,
     )
     steps = 0
-    with quiet():
+    with quiet(), _interruptible():
         t0, cpu0 = time.perf_counter(), time.process_time()
         if total_steps > 0:
             output = trainer.train()
@@ -619,6 +665,8 @@ def _train_in(
         "eval_loss": after,
         "parent": plan.parent.ref if plan.parent else None,
     }
+    if plan.init_text_used is not None:
+        training.update(init_text_given=config.init_text, init_text_tokens=plan.init_text_tokens)
     if plan.peft_type == "LORA":
         training.update(lora_r=config.lora_r, lora_alpha=peft_model.peft_config["default"].lora_alpha, lora_dropout=config.lora_dropout)
     return {

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from registry.catalogue import referenced_blobs
-from registry.errors import UsageError
+from registry.catalogue import blob_referenced, referenced_blobs
+from registry.errors import BlobInUseError, UsageError
 from registry.ops.defaults import DEFAULT_GRACE_SECONDS
 from registry.storage import BlobStore, open_store
 
@@ -77,7 +77,18 @@ def _gc(store: BlobStore, db: str | None, dry_run: bool, grace_seconds: float) -
                 if time.time() - current.mtime < grace_seconds:
                     kept += 1
                     continue
+                # Writers on other machines (S3): their pending markers first, then the catalogue,
+                # then the delete. A writer names a blob before relying on it and commits before it
+                # drops its marker, so one of the two reads sees it (the README, "Teams: blobs in S3").
+                if blob.key in store.in_use():
+                    kept += 1
+                    continue
+                if blob_referenced(blob.key, db):
+                    continue
                 store.remove(blob.key)
+            except BlobInUseError:  # a writer elsewhere named it in its pending marker (S3): keep it
+                kept += 1
+                continue
             except OSError:
                 continue
         removed.append(blob.key)

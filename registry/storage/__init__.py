@@ -6,7 +6,8 @@ and wherever the bytes live. :class:`BlobStore` is the interface every backend i
 an argument (``store: BlobStore | None = None``) and ask :func:`open_store` only when none was
 passed, so a command opens its store once and hands it down.
 
-Backends: :class:`LocalBlobStore` (a directory, ``$SPR_BLOB_DIR`` or ``$SPR_HOME/blobs``).
+Backends: :class:`LocalBlobStore` (a directory, ``$SPR_BLOB_DIR`` or ``$SPR_HOME/blobs``) and
+:class:`~registry.storage.s3.S3BlobStore` (``$SPR_BLOB_URL=s3://bucket/prefix``).
 """
 
 from __future__ import annotations
@@ -121,8 +122,22 @@ class BlobStore(Protocol):
         """
         ...
 
+    def in_use(self) -> frozenset[str]:
+        """Blobs that live writers have named and not yet committed, writers on other machines included.
+
+        For each blob gc reads this, then asks the catalogue, then deletes: a writer names a blob
+        before relying on it and commits before it stops naming it, so one of the two reads sees
+        it. A store whose ``collecting`` lock keeps every writer out (local) answers an empty set;
+        one that cannot lock (S3) answers from the writers' pending markers.
+        """
+        ...
+
     def remove(self, sha256: str) -> None:
-        """Delete a blob (missing is fine)."""
+        """Delete a blob (missing is fine).
+
+        Inside :meth:`collecting` a store that cannot lock out writers on other machines (S3)
+        raises :class:`~registry.errors.BlobInUseError` instead when a live writer names the blob.
+        """
         ...
 
     def remove_incomplete(self, key: str) -> None:
@@ -139,14 +154,25 @@ class BlobStore(Protocol):
 
 
 def open_store(location: str | Path | None = None) -> BlobStore:
-    """The blob store named by ``location``, else by the settings (``$SPR_BLOB_DIR``, ``$SPR_HOME/blobs``).
+    """The blob store named by ``location``, else by the settings.
 
-    This is the one place a store is constructed from settings.
+    ``s3://bucket/prefix`` (``location`` or ``$SPR_BLOB_URL``) opens an :class:`S3BlobStore`
+    (endpoint from ``$AWS_ENDPOINT_URL``, credentials from the standard AWS chain); anything else
+    is a folder (``location``, ``$SPR_BLOB_DIR``, ``$SPR_HOME/blobs``). This is the one place a
+    store is constructed from settings.
     """
+    from registry import settings
     from registry.storage.local import LocalBlobStore
 
     if location is None:
-        return LocalBlobStore()
+        url = settings.blob_url()
+        if url is None:
+            return LocalBlobStore()
+        location = url
+    if isinstance(location, str) and location.startswith("s3://"):
+        from registry.storage.s3 import open_bucket
+
+        return open_bucket(location)
     return LocalBlobStore(Path(location))
 
 

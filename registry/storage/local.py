@@ -303,6 +303,10 @@ class LocalBlobStore:
             return  # not a leftover of ours: never delete outside the store
         target.unlink(missing_ok=True)
 
+    def in_use(self) -> frozenset[str]:
+        """Always empty: gc holds the store's lock exclusively, so no writer is between storing and committing."""
+        return frozenset()
+
     def remove(self, sha256: str) -> None:
         p = self.path(sha256)
         if p.exists():
