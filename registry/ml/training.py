@@ -21,13 +21,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,12 +65,14 @@ from registry.ml.runtime import (
     _download_base,
     _require_ml,
     describe_device,
+    interruptible,
     library_versions,
     load_base_model,
     mean_token_loss,
     quiet,
     require_ml,
     select_device,
+    stop_if_interrupted,
 )
 from registry.types import BaseModelInfo, DatasetInfo, PublishResult, VersionInfo
 
@@ -291,46 +290,6 @@ def _run(
 
 # The step the running training has reached, for the interruption message.
 _current_step: dict[str, int] = {}
-# Set by Ctrl-C while the Trainer runs; acted on at the next step boundary (see _interruptible).
-_interrupt: dict[str, bool] = {}
-
-
-@contextmanager
-def _interruptible() -> Iterator[None]:
-    """Deliver Ctrl-C to the training loop at a step boundary, where it cannot be lost.
-
-    Python raises KeyboardInterrupt wherever the main thread happens to be. During training that is
-    often a finaliser (``__del__`` of a tensor or an autograd node being freed), and an exception
-    raised in a finaliser is printed as "Exception ignored" and dropped: training then went on
-    (issue 12: step 1826 of 100000 after the SIGINT). Here the first Ctrl-C only sets a flag, which
-    the step callbacks turn into a KeyboardInterrupt from an ordinary frame; a second Ctrl-C
-    raises at once, for a step that never ends.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if _interrupt.get("requested"):
-            raise KeyboardInterrupt
-        _interrupt["requested"] = True
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        interrupted = _interrupt.pop("requested", False)
-    if interrupted:  # asked during the very last step: still an interruption
-        raise KeyboardInterrupt
-
-
-def _stop_if_interrupted() -> None:
-    if _interrupt.get("requested"):
-        raise KeyboardInterrupt
-
-
 def _tmp_root() -> Path:
     root = settings.home() / "tmp"
     root.mkdir(parents=True, exist_ok=True)
@@ -475,13 +434,13 @@ def make_trainer(
                     progress(int(state.global_step), int(state.max_steps), value)
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            _stop_if_interrupted()
+            stop_if_interrupted()
             self.step_started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             log.step_seconds.append(time.perf_counter() - self.step_started)
             _current_step["step"] = int(state.global_step)
-            _stop_if_interrupted()
+            stop_if_interrupted()
             if progress is not None and state.global_step % log.log_every:
                 # Steps that are not logged still move the bar; logged ones report from on_log.
                 progress(int(state.global_step), int(state.max_steps), log.curve[-1][1] if log.curve else None)
@@ -544,7 +503,7 @@ def train_steps(
             total_steps=steps, lr_scheduler=lr_scheduler,
         )
         try:
-            with quiet(), _interruptible():
+            with quiet(), interruptible():
                 trainer.train()
         finally:
             _current_step.clear()
@@ -597,7 +556,7 @@ def _train_in(
         output_dir=work / "trainer", total_steps=total_steps, progress=progress, callbacks=callbacks,
     )
     steps = 0
-    with quiet(), _interruptible():
+    with quiet(), interruptible():
         t0, cpu0 = time.perf_counter(), time.process_time()
         if total_steps > 0:
             output = trainer.train()
