@@ -128,22 +128,8 @@ def signer_for_publish(key: Path | None) -> Callable[[str, str | None, str | Non
 def signature_rows(version: VersionInfo, db: str | None) -> list[dict[str, Any]]:
     """Each stored signature of ``version`` with ``valid`` (None when model-signing is not installed)."""
     from registry import trust as trust_lib
-    from registry.errors import DependencyMissingError
 
-    stored = trust_lib.signatures(version.ref, db=db)
-    if not stored:
-        return []
-    try:
-        checks: list[Any] = list(trust_lib.check(version, policy=None, db=db).signatures)
-    except DependencyMissingError:
-        checks = [None] * len(stored)
-    rows = []
-    for sig, chk in zip(stored, checks, strict=True):
-        row = _public(sig)
-        row["valid"] = None if chk is None else chk.valid
-        row["problem"] = None if chk is None else chk.problem
-        rows.append(row)
-    return rows
+    return trust_lib.signature_report(version, db=db)
 
 
 def render_signatures(rows: list[dict[str, Any]]) -> None:

@@ -89,6 +89,28 @@ def signatures(ref: str, *, db: str | None = None) -> list[SignatureInfo]:
     return catalogue.version_signatures(ref, db=db)
 
 
+def signature_report(version: VersionInfo, *, db: str | None = None) -> list[dict[str, object]]:
+    """What ``spr show`` (and the web catalogue's version JSON) say about each stored signature:
+    signer, kind, key fingerprint, bundle sha256, who stored it and when, and ``valid`` (None when
+    model-signing is not installed) with the ``problem`` when it does not verify."""
+    stored = catalogue.version_signatures(version.ref, db=db)
+    if not stored:
+        return []
+    try:
+        checks: list[SignatureCheck | None] = list(check(version, policy=None, db=db).signatures)
+    except DependencyMissingError:
+        checks = [None] * len(stored)
+    return [
+        {
+            "ref": sig.ref, "digest": sig.digest, "kind": sig.kind, "signer": sig.signer,
+            "key_fingerprint": sig.key_fingerprint, "bundle_sha256": sig.bundle_sha256,
+            "signed_by": sig.signed_by, "signed_at": sig.signed_at,
+            "valid": None if chk is None else chk.valid, "problem": None if chk is None else chk.problem,
+        }
+        for sig, chk in zip(stored, checks, strict=True)
+    ]
+
+
 def active_policy(override: str | os.PathLike[str] | None = None) -> Policy | None:
     """The trust policy in force: ``override``, else ``$SPR_TRUST_POLICY``, else none."""
     path = settings.trust_policy_path(override)
