@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,19 +36,23 @@ if TYPE_CHECKING:
 @click.option("--author", help="Who publishes (default: git user.name, else the OS user).")
 @click.option("--adapter-name", metavar="NAME",
               help="Which adapter, when PEFT saved several into DIRECTORY (adapter NAME in DIRECTORY/NAME; 'default' is DIRECTORY).")
+@click.option("--sign-key", type=click.Path(path_type=Path, dir_okay=False), metavar="PRIVATE_KEY.pem",
+              help="Sign the new version with this EC key (see 'spr sign'; password from $SPR_SIGN_KEY_PASSWORD).")
 @json_option
 @pass_app
 def publish(
     app: AppContext, directory: Path, name: str, base_model: str | None, dataset: Path | None,
     dataset_digest: str | None, evals: tuple[str, ...], parent: str | None, training_args: Path | None,
     template: str | None, description: str | None, tags: tuple[str, ...], author: str | None,
-    adapter_name: str | None,
+    adapter_name: str | None, sign_key: Path | None,
 ) -> None:
     """Publish the PEFT adapter in DIRECTORY as a new version of NAME."""
     from registry import catalogue
     from registry.adapters.reader import select_adapter
+    from registry.cli import trust_cmds
     from registry.cli.inputs import parse_eval, parse_tags, read_training_args
 
+    signer = trust_cmds.signer_for_publish(sign_key)  # a key that cannot sign fails before publishing
     folder, chosen = select_adapter(directory, adapter_name)  # several without --adapter-name: refused here
     if chosen is not None and adapter_name is None:
         click.echo(f"publishing adapter {chosen!r}, the only one, from {folder}", err=True)
@@ -69,11 +74,15 @@ def publish(
     with hashing_progress(total, f"hashing {folder.name}") as progress:
         result = catalogue.publish(directory, name, db=app.db, options=options, progress=progress)
 
+    signature = signer(result.version.ref, app.db, author) if signer else None
+
     def render() -> None:
         verb = "published" if result.created else "already published (identical content)"
         click.echo(f"{verb} {result.version.ref} {result.version.digest}")
+        if signature is not None:
+            click.echo(f"signed by {signature['signer']} ({signature['key_fingerprint'][:23]}…)")
 
-    emit(app, {"created": result.created, "version": result.version}, render)
+    emit(app, {"created": result.created, "version": result.version, "signature": signature}, render)
 
 
 @cli.command()
@@ -83,9 +92,16 @@ def publish(
 def show(app: AppContext, ref: str) -> None:
     """Show everything recorded about a version."""
     from registry import catalogue
+    from registry.cli import trust_cmds
 
     version = catalogue.get_version(ref, db=app.db)
-    emit(app, version, lambda: render_version(version))
+    signatures = trust_cmds.signature_rows(version, app.db)
+
+    def render() -> None:
+        render_version(version)
+        trust_cmds.render_signatures(signatures)
+
+    emit(app, {**dataclasses.asdict(version), "signatures": signatures}, render)
 
 
 def render_version(v: VersionInfo) -> None:

@@ -55,9 +55,12 @@ def push(app: AppContext, ref: str, repo_id: str, private: bool, endpoint: str |
 @click.option("--to", "to", type=click.Path(path_type=Path), metavar="DIR", help="Also write the verified files here as a PEFT directory.")
 @click.option("--as", "name", metavar="NAME", help="Catalogue name to import under (default: the repo id).")
 @click.option("--endpoint", metavar="URL", help=ENDPOINT_HELP)
+@click.option("--trust-policy", metavar="FILE.toml", help="Trust policy to apply (default: $SPR_TRUST_POLICY); a refusal exits 3.")
 @json_option
 @pass_app
-def pull(app: AppContext, target: str, to: Path | None, name: str | None, endpoint: str | None) -> None:
+def pull(
+    app: AppContext, target: str, to: Path | None, name: str | None, endpoint: str | None, trust_policy: str | None
+) -> None:
     """Fetch a version from the Hub, verify every byte against its manifest, and catalogue it.
 
     TARGET is a Hub repo NS/NAME[@TAG|@BRANCH|@SHA] (default main), or a catalogue ref
@@ -66,7 +69,7 @@ def pull(app: AppContext, target: str, to: Path | None, name: str | None, endpoi
     """
     from registry import hub
 
-    result = hub.pull(target, to=to, endpoint=endpoint, db=app.db, name=name)
+    result = hub.pull(target, to=to, endpoint=endpoint, db=app.db, name=name, trust_policy=trust_policy)
 
     def render() -> None:
         if result.imported:
@@ -137,9 +140,12 @@ def lock(app: AppContext, refs: tuple[str, ...], output: Path, endpoint: str | N
               help="Require the Hub and the catalogue to match the lockfile exactly: tags not moved, "
                    "versions under their locked numbers, existing target dirs identical.")
 @click.option("--endpoint", metavar="URL", help="Fetch from this endpoint instead of the lockfile's (a mirror).")
+@click.option("--trust-policy", metavar="FILE.toml", help="Trust policy to apply (default: $SPR_TRUST_POLICY); a refusal exits 3.")
 @json_option
 @pass_app
-def sync(app: AppContext, lockfile_path: Path, to: Path | None, frozen: bool, endpoint: str | None) -> None:
+def sync(
+    app: AppContext, lockfile_path: Path, to: Path | None, frozen: bool, endpoint: str | None, trust_policy: str | None
+) -> None:
     """Fetch exactly the commits LOCKFILE pins, verify every byte, and catalogue them.
 
     Fails, importing nothing, on any drift: a missing commit or repo, a manifest or byte that
@@ -147,7 +153,7 @@ def sync(app: AppContext, lockfile_path: Path, to: Path | None, frozen: bool, en
     """
     from registry import hub
 
-    result = hub.sync(lockfile_path, to=to, frozen=frozen, db=app.db, endpoint=endpoint)
+    result = hub.sync(lockfile_path, to=to, frozen=frozen, db=app.db, endpoint=endpoint, trust_policy=trust_policy)
 
     def render() -> None:
         click.echo(f"synced {len(result.items)} adapter(s) from {result.lockfile}" + (" (frozen)" if frozen else ""))

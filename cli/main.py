@@ -11,6 +11,7 @@ from registry.cli import (  # noqa: F401  (importing registers the commands)
     hub_cmds,
     ops_cmds,
     train_cmds,
+    trust_cmds,
     ui_cmds,
     verify_cmds,
 )

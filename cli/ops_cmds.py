@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
+from registry.cli.catalogue_cmds import DefaultCommandGroup
 from registry.cli.output import hashing_progress
 from registry.errors import EXIT_INTEGRITY
 from registry.ops.defaults import DEFAULT_GRACE_SECONDS  # imports nothing: no SQLAlchemy at start-up
@@ -36,23 +37,44 @@ def hash_rate(n_bytes: int, seconds: float) -> str:
     return f" at {rate / 1e9:.2f} GB/s" if rate >= 1e9 else f" at {rate / 1e6:.0f} MB/s"
 
 
-@cli.command()
+class _AuditGroup(DefaultCommandGroup):
+    """``spr audit [OPTIONS]`` runs the audit (``spr audit run``); ``spr audit checkpoint`` is the other subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, args or [self.default_command])
+
+
+@cli.group(name="audit", cls=_AuditGroup, default_command="run")
+def audit() -> None:
+    """Re-verify the catalogue and every stored byte (spr audit [--checkpoint FILE] [--strict]),
+    or write a signed statement of the audit chain's head (spr audit checkpoint)."""
+
+
+@audit.command(name="run")
 @click.option("--strict", is_flag=True, help="Treat warnings (orphan blobs, temp files) as problems too.")
 @click.option("--no-rehash", "no_rehash", is_flag=True, help="Check blob presence and size only, without re-hashing.")
+@click.option("--checkpoint", "checkpoint", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Prove the catalogue still extends this checkpoint (from 'spr audit checkpoint').")
+@click.option("--checkpoint-key", type=click.Path(path_type=Path, dir_okay=False), metavar="KEY.pub",
+              help="Require the checkpoint to be signed by this public key.")
 @json_option
 @pass_app
-def audit(app: AppContext, strict: bool, no_rehash: bool) -> None:
+def audit_run(app: AppContext, strict: bool, no_rehash: bool, checkpoint: Path | None, checkpoint_key: Path | None) -> None:
     """Re-verify the catalogue and every stored byte; one line per problem.
 
     Checks every blob's sha256, the event chain, foreign keys, each version's manifest digest and
-    file list; lists orphan blobs, missing blobs and leftover temp files. Exit 0 when nothing is
-    damaged (warnings allowed unless --strict), 5 otherwise.
+    file list, the append-only triggers, every stored signature, every eval score, alias,
+    deprecation, hub copy and signature against the event that recorded it, and with --checkpoint
+    that no event up to the checkpoint was deleted (the newest included); lists orphan blobs,
+    missing blobs and leftover temp files. --json also reports the chain's head. Exit 0 when
+    nothing is damaged (warnings allowed unless --strict), 5 otherwise.
     """
     ctx = click.get_current_context()
     with hashing_progress(_referenced_bytes_hint(app), "auditing blobs") as progress:
         from registry import ops as audits
 
-        report = audits.audit(db=app.db, rehash=not no_rehash, progress=progress)
+        report = audits.audit(db=app.db, rehash=not no_rehash, progress=progress, checkpoint=checkpoint,
+                              checkpoint_key=checkpoint_key)
     failed = bool(report.errors) or (strict and bool(report.warnings))
 
     def render() -> None:
@@ -81,10 +103,38 @@ def audit(app: AppContext, strict: bool, no_rehash: bool) -> None:
         "errors": len(report.errors),
         "warnings": len(report.warnings),
         "problems": report.problems,
+        "head": report.head,
     }
     emit(app, data, render)
     if failed:
         ctx.exit(EXIT_INTEGRITY)
+
+
+@audit.command(name="checkpoint")
+@click.option("--key", "key", type=click.Path(path_type=Path, dir_okay=False), metavar="PRIVATE_KEY.pem",
+              help="Sign the checkpoint with this EC key (password from $SPR_SIGN_KEY_PASSWORD).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Write the checkpoint here (atomically) instead of stdout.")
+@json_option
+@pass_app
+def audit_checkpoint(app: AppContext, key: Path | None, output: Path | None) -> None:
+    """Write a (signed) statement of the audit chain's head: event count, head hash, time.
+
+    Keep it outside this catalogue (another system, a Hub repo); 'spr audit --checkpoint FILE'
+    later proves the catalogue still extends it, which is the only way to see deleted newest events.
+    """
+    import os
+
+    from registry.trust import checkpoint as checkpoints
+
+    made = checkpoints.create(key=key, password=os.environ.get("SPR_SIGN_KEY_PASSWORD") or None, db=app.db)
+    if output is not None:
+        checkpoints.write(made, output)
+        signed = f"signed by {made.signed_by[:23]}…" if made.signed_by else "unsigned"
+        emit(app, {**made.to_dict(), "file": str(output)},
+             lambda: click.echo(f"checkpoint of {made.count} events, head {made.head[:12]}… ({signed}) written to {output}"))
+    else:
+        click.echo(checkpoints.encode(made), nl=False)
 
 
 def _referenced_bytes_hint(app: AppContext) -> int:

@@ -99,6 +99,8 @@ def training_progress(enabled: bool) -> Iterator[Callable[[int, int, float | Non
 @click.option("--description", help="What this soft prompt is for.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
 @click.option("--author", help="Who publishes (default: git user.name, else the OS user).")
+@click.option("--sign-key", type=click.Path(path_type=Path, dir_okay=False), metavar="PRIVATE_KEY.pem",
+              help="Sign the published version with this EC key (see 'spr sign').")
 @json_option
 @pass_app
 def train(
@@ -108,7 +110,7 @@ def train(
     eval_dataset: Path | None, text_column: str | None, parent: str | None, template: str | None,
     lora_r: int, lora_alpha: int | None, lora_targets: tuple[str, ...], device: str,
     allow_different_base: bool, write_heldout: Path | None, publish: bool, output: Path | None,
-    description: str | None, tags: tuple[str, ...], author: str | None,
+    description: str | None, tags: tuple[str, ...], author: str | None, sign_key: Path | None,
 ) -> None:
     """Train a soft prompt with transformers.Trainer + PEFT and publish it with its lineage.
 
@@ -125,6 +127,11 @@ def train(
         raise UsageError("--name is required to publish", hint="pass --name team/coach, or --no-publish --output DIR")
     if not publish and output is None:
         raise UsageError("--no-publish needs --output DIR", hint="the adapter directory is written there")
+    if sign_key is not None and not publish:
+        raise UsageError("--sign-key signs the published version; it cannot go with --no-publish")
+    from registry.cli import trust_cmds
+
+    signer = trust_cmds.signer_for_publish(sign_key)  # a key that cannot sign fails before training
     config = training.TrainConfig(
         dataset=dataset, base_model=base_model, method=method, virtual_tokens=virtual_tokens, init=init,
         init_text=init_text, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
@@ -144,6 +151,7 @@ def train(
         else:
             assert output is not None
             result = training.train(config, output, db=app.db, progress=progress)
+    signature = signer(result.published.version.ref, app.db, author) if signer and result.published else None
     heldout_info = training.write_examples_jsonl(result.heldout, write_heldout) if write_heldout and result.heldout else None
     data = {
         "created": result.published.created if result.published else None,
@@ -161,6 +169,7 @@ def train(
         "training": result.training,
         "timings": result.timings,
         "step_seconds": result.step_seconds,
+        "signature": signature,
         "notices": list(result.notices),
     }
 
@@ -188,6 +197,8 @@ def train(
         if result.published:
             verb = "published" if result.published.created else "already published (identical content)"
             click.echo(f"{verb} {result.published.version.ref} {result.published.version.digest}")
+        if signature is not None:
+            click.echo(f"signed by {signature['signer']} ({signature['key_fingerprint'][:23]}…)")
 
     emit(app, data, render)
 

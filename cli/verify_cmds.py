@@ -23,11 +23,14 @@ from registry.errors import EXIT_INCOMPATIBLE
     help="Accept identity findings (another base of the same shape); the override is logged as an event.",
 )
 @click.option("--author", help="Who accepts an override (default: git user.name, else the OS user).")
+@click.option("--trust-policy", metavar="FILE.toml",
+              help="Trust policy whose rule for REF adds signature findings (default: $SPR_TRUST_POLICY).")
 @json_option
 @pass_app
 @click.pass_context
 def verify(
-    ctx: click.Context, app: AppContext, target: str, base_model: str, allow_different_base: bool, author: str | None
+    ctx: click.Context, app: AppContext, target: str, base_model: str, allow_different_base: bool, author: str | None,
+    trust_policy: str | None,
 ) -> None:
     """Check that the adapter REF (a catalogue reference) or DIR (an adapter directory) fits a base model.
 
@@ -42,7 +45,8 @@ def verify(
     from registry import verification
 
     report = verification.verify(
-        target, base_model, db=app.db, allow_different_base=allow_different_base, actor=author, via="spr verify"
+        target, base_model, db=app.db, allow_different_base=allow_different_base, actor=author, via="spr verify",
+        trust_policy=trust_policy,
     )
 
     def render() -> None:

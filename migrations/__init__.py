@@ -4,4 +4,4 @@
 catalogue can compare schema versions without loading Alembic's script directory.
 """
 
-HEAD = "0001_initial"
+HEAD = "0002_signatures"

@@ -203,6 +203,8 @@ def _script_location() -> Path:
 
 def alembic_config(engine: Engine) -> Any:
     """An Alembic ``Config`` for ``engine`` with the installed migrations (for tests and ``spr db``)."""
+    import sys
+
     from alembic.config import Config
 
     # Alembic's default stdout is the sys.stdout of when alembic.config was first imported (a
@@ -227,10 +229,12 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
     from alembic import command
 
     cfg = alembic_config(engine)
-    with engine.connect().execution_options(spr_write=True) as conn:
+    # One transaction around every step, begun before Alembic sees the connection: for SQLite
+    # (no transactional DDL) Alembic otherwise commits after each migration, and a second process
+    # upgrading the same new file slips in between and runs a step this one has planned too.
+    with engine.connect().execution_options(spr_write=True) as conn, conn.begin():
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
-        conn.commit()
     return current_revision(engine)
 
 
@@ -239,10 +243,9 @@ def downgrade(engine: Engine, revision: str) -> str | None:
     from alembic import command
 
     cfg = alembic_config(engine)
-    with engine.connect().execution_options(spr_write=True) as conn:
+    with engine.connect().execution_options(spr_write=True) as conn, conn.begin():
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
-        conn.commit()
     return current_revision(engine)
 
 

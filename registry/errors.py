@@ -147,3 +147,23 @@ class InterruptedOperationError(RegistryError):
     """The user interrupted a long operation (Ctrl-C); nothing was published."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class SignatureError(IntegrityError):
+    """A signature bundle does not parse, does not verify, or covers other content than the version."""
+
+
+class SigningKeyError(RegistryError, ValueError):
+    """A private key, public key or certificate file cannot be used (wrong format, curve, expired)."""
+
+    exit_code = EXIT_USAGE
+
+
+class TrustPolicyError(RegistryError, ValueError):
+    """A trust policy file does not parse or names keys that cannot be read."""
+
+    exit_code = EXIT_USAGE
+
+
+class UntrustedError(IncompatibleError):
+    """The trust policy requires a trusted signature and the version has none; ``findings`` lists why."""

@@ -127,6 +127,7 @@ class VersionRow(Base):
     files: Mapped[list[FileRow]] = relationship(order_by="FileRow.path")
     eval_scores: Mapped[list[EvalScoreRow]] = relationship(order_by="EvalScoreRow.id")
     hub_copies: Mapped[list[HubCopyRow]] = relationship(order_by="HubCopyRow.id")
+    signatures: Mapped[list[SignatureRow]] = relationship(order_by="SignatureRow.id")
 
 
 class FileRow(Base):
@@ -176,6 +177,28 @@ class HubCopyRow(Base):
     commit_sha: Mapped[str] = mapped_column(String(64))
     tag: Mapped[str | None] = mapped_column(String(200))
     pushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SignatureRow(Base):
+    """A ``model-signing`` bundle over a version's files and manifest; append-only like the version.
+
+    One per (version, key): several signers may sign a version, and signing again with the same key
+    returns the stored signature.
+    """
+
+    __tablename__ = "signature"
+    __table_args__ = (UniqueConstraint("version_id", "key_fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("version.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "key" or "certificate"
+    signer: Mapped[str] = mapped_column(String(500))  # certificate identity, or "key sha256:…"
+    key_fingerprint: Mapped[str] = mapped_column(String(71))  # sha256:<hex> of the PEM public key
+    public_key: Mapped[str] = mapped_column(Text)  # PEM; a key bundle names its key only by hash
+    bundle: Mapped[str] = mapped_column(Text)  # the Sigstore bundle JSON, as model-signing wrote it
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    signed_by: Mapped[str] = mapped_column(String(200))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class EventRow(Base):

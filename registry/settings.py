@@ -144,3 +144,9 @@ def current_actor(override: str | None = None) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def trust_policy_path(override: str | os.PathLike[str] | None = None) -> Path | None:
+    """The trust policy file: ``override`` (``--trust-policy``), else ``$SPR_TRUST_POLICY``, else none."""
+    value = override or os.environ.get("SPR_TRUST_POLICY")
+    return Path(value).expanduser() if value else None

@@ -234,3 +234,19 @@ class Lineage:
     version: VersionInfo
     ancestors: tuple[LineageNode, ...]  # parent first, root last
     complete: bool  # False when an ancestor is known only by digest
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """A stored signature of a version: who signed, with which key, and the bundle itself."""
+
+    ref: str  # "ns/name@N"
+    digest: str  # the signed version's digest
+    kind: str  # "key" or "certificate"
+    signer: str  # a certificate's identity (email, URI or CN), or "key sha256:…"
+    key_fingerprint: str  # sha256:<hex> of the signer's PEM public key (model-signing's key hint)
+    public_key: str  # PEM: the public key, or the signing certificate
+    bundle: str  # the Sigstore bundle JSON written by model-signing
+    bundle_sha256: str
+    signed_by: str
+    signed_at: datetime

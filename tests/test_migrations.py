@@ -33,7 +33,8 @@ from registry.errors import SchemaError
 from registry.storage import LocalBlobStore
 from registry.types import FileRecord
 
-TABLES = {"adapter", "alias", "base_model", "dataset", "eval_score", "event", "file", "hub_copy", "version"}
+TABLES_0001 = {"adapter", "alias", "base_model", "dataset", "eval_score", "event", "file", "hub_copy", "version"}
+TABLES = TABLES_0001 | {"signature"}
 
 
 def script_directory() -> Any:
@@ -111,7 +112,7 @@ def test_upgrade_downgrade_round_trip(fresh_database_url: Callable[..., str]) ->
     engine = db.open_unchecked(url)
     assert db.upgrade(engine) == HEAD
     assert user_tables(url) == TABLES
-    assert guard_count(url) == 6
+    assert guard_count(url) == 8
     assert db.downgrade(engine, "base") is None
     assert user_tables(url) == set()
     assert guard_count(url) == 0
@@ -220,7 +221,7 @@ def seed_0001(conn: Connection, tmp_path: Path) -> dict[str, Any]:
         )
         prev = h
     if conn.dialect.name == "postgresql":  # explicit ids do not advance PostgreSQL's sequences
-        for table in TABLES:
+        for table in TABLES_0001:
             run(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
     return {"digest": digest, "files": files, "adapter_dir": adapter_dir}
 

@@ -11,6 +11,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry import settings
+from registry.catalogue.bindings import (
+    alias_binding,
+    alias_key,
+    bound,
+    eval_binding,
+    hub_copy_binding,
+    status_binding,
+)
 from registry.catalogue.eventlog import append_event
 from registry.catalogue.queries import DEPRECATED, resolve, utcnow, version_info
 from registry.db import write_with_retry
@@ -63,7 +71,8 @@ def set_alias(ref: str, alias: str, *, db: str | None = None, actor: str | None 
         previous = None
         now = utcnow()
         if existing is None:
-            session.add(AliasRow(adapter_id=row.adapter_id, alias=alias, version_id=row.id, updated_at=now))
+            existing = AliasRow(adapter_id=row.adapter_id, alias=alias, version_id=row.id, updated_at=now)
+            session.add(existing)
         else:
             if existing.version_id == row.id:
                 return version_info(session, row)
@@ -75,7 +84,8 @@ def set_alias(ref: str, alias: str, *, db: str | None = None, actor: str | None 
             action="alias-set",
             subject=f"{row.adapter.namespace}/{row.adapter.name}@{alias}",
             actor=who,
-            details={"alias": alias, "from": previous, "to": row.number, "digest": row.digest},
+            details={"alias": alias, "from": previous, "to": row.number, "digest": row.digest,
+                     **bound(alias_binding(existing))},
         )
         session.flush()
         return version_info(session, row)
@@ -99,10 +109,11 @@ def remove_alias(name: str, alias: str, *, db: str | None = None, actor: str | N
                 f"adapter '{namespace}/{short}' has no alias {alias!r}", hint=f"see 'spr versions {namespace}/{short}'"
             )
         number = session.get_one(VersionRow, row.version_id).number
+        key = alias_key(row.adapter_id, alias)
         session.delete(row)
         append_event(
             session, action="alias-remove", subject=f"{namespace}/{short}@{alias}", actor=who,
-            details={"alias": alias, "from": number},
+            details={"alias": alias, "from": number, **bound((key, None))},
         )
 
     write_with_retry(db, work, what=f"removing alias {alias!r}")
@@ -123,7 +134,7 @@ def deprecate(ref: str, reason: str, *, db: str | None = None, actor: str | None
         row.status_reason = reason
         append_event(
             session, action="deprecate", subject=f"{row.adapter.namespace}/{row.adapter.name}@{row.number}",
-            actor=who, details={"reason": reason, "digest": row.digest},
+            actor=who, details={"reason": reason, "digest": row.digest, **bound(status_binding(row))},
         )
         session.flush()
         return version_info(session, row)
@@ -154,13 +165,13 @@ def add_evals(
         row = resolve(session, parsed)
         now = utcnow()
         for score in scores:
-            add_eval_row(session, row.id, score, who, now)
+            score_row = add_eval_row(session, row.id, score, who, now)
             append_event(
                 session, action="eval", subject=f"{row.adapter.namespace}/{row.adapter.name}@{row.number}",
                 actor=who,
                 details={"metric": score.metric, "value": score.value,
                          "dataset": score.dataset.digest if score.dataset else score.dataset_name,
-                         "split": score.split},
+                         "split": score.split, **bound(eval_binding(score_row))},
             )
         session.flush()
         session.expire(row, ["eval_scores"])
@@ -187,13 +198,16 @@ def record_hub_copy(
         if existing is not None and existing.commit_sha == commit_sha and existing.tag == tag:
             return version_info(session, row)
         if existing is None:
-            session.add(HubCopyRow(version_id=row.id, endpoint=endpoint, repo_id=repo_id,
-                                   commit_sha=commit_sha, tag=tag, pushed_at=utcnow()))
+            existing = HubCopyRow(version_id=row.id, endpoint=endpoint, repo_id=repo_id,
+                                  commit_sha=commit_sha, tag=tag, pushed_at=utcnow())
+            session.add(existing)
+            session.flush()  # its id names it in the event's binding
         else:
             existing.commit_sha, existing.tag, existing.pushed_at = commit_sha, tag, utcnow()
         append_event(
             session, action=action, subject=f"{row.adapter.namespace}/{row.adapter.name}@{row.number}", actor=who,
-            details={"endpoint": endpoint, "repo": repo_id, "commit": commit_sha, "tag": tag},
+            details={"endpoint": endpoint, "repo": repo_id, "commit": commit_sha, "tag": tag,
+                     **bound(hub_copy_binding(existing))},
         )
         session.flush()
         session.expire(row, ["hub_copies"])
@@ -217,18 +231,20 @@ def dataset_id(session: Session, info: dict[str, Any] | None) -> int | None:
     return row.id
 
 
-def add_eval_row(session: Session, version_id: int, ev: EvalInput, actor: str, now: datetime) -> None:
+def add_eval_row(session: Session, version_id: int, ev: EvalInput, actor: str, now: datetime) -> EvalScoreRow:
+    """Insert one eval score (flushed: its id names it in the event that binds it)."""
     if ev.dataset is not None:
         dataset_id(session, {k: v for k, v in ev.dataset.__dict__.items() if v is not None})
-    session.add(
-        EvalScoreRow(
-            version_id=version_id,
-            metric=ev.metric,
-            value=ev.value,
-            dataset_digest=ev.dataset.digest if ev.dataset else None,
-            dataset_name=ev.dataset_name or (ev.dataset.name if ev.dataset else None),
-            split=ev.split,
-            recorded_by=ev.recorded_by or actor,
-            recorded_at=ev.recorded_at or now,
-        )
+    row = EvalScoreRow(
+        version_id=version_id,
+        metric=ev.metric,
+        value=ev.value,
+        dataset_digest=ev.dataset.digest if ev.dataset else None,
+        dataset_name=ev.dataset_name or (ev.dataset.name if ev.dataset else None),
+        split=ev.split,
+        recorded_by=ev.recorded_by or actor,
+        recorded_at=ev.recorded_at or now,
     )
+    session.add(row)
+    session.flush()
+    return row

@@ -26,6 +26,7 @@ from registry import settings
 from registry.adapters import manifest as manifests
 from registry.adapters import reader as adapter_reader
 from registry.adapters.dataset import dataset_from_digest, describe_dataset
+from registry.catalogue.bindings import bound, eval_binding, hub_copy_binding
 from registry.catalogue.changes import EvalInput, add_eval_row, dataset_id
 from registry.catalogue.eventlog import append_event, log_event
 from registry.catalogue.queries import ACTIVE, get_version, utcnow, version_info
@@ -443,12 +444,16 @@ def _record_version(
         session.flush()
         for f in manifest["files"]:
             session.add(FileRow(version_id=row.id, path=f["path"], sha256=f["sha256"], size=f["size"]))
-        for ev in evals:  # a pulled score without its own recorder is the publisher's
-            add_eval_row(session, row.id, ev, created_by or actor, now)
+        # a pulled score without its own recorder is the publisher's
+        score_rows = [add_eval_row(session, row.id, ev, created_by or actor, now) for ev in evals]
+        bindings = [eval_binding(r) for r in score_rows]
         copy: dict[str, Any] = {}
         if pulled_from is not None:
-            session.add(HubCopyRow(version_id=row.id, endpoint=pulled_from.endpoint, repo_id=pulled_from.repo_id,
-                                   commit_sha=pulled_from.commit_sha, tag=pulled_from.tag, pushed_at=now))
+            copy_row = HubCopyRow(version_id=row.id, endpoint=pulled_from.endpoint, repo_id=pulled_from.repo_id,
+                                  commit_sha=pulled_from.commit_sha, tag=pulled_from.tag, pushed_at=now)
+            session.add(copy_row)
+            session.flush()
+            bindings.append(hub_copy_binding(copy_row))
             copy = {"endpoint": pulled_from.endpoint, "repo": pulled_from.repo_id, "commit": pulled_from.commit_sha,
                     "tag": pulled_from.tag}
         subject = f"{namespace}/{name}@{number}"
@@ -457,7 +462,8 @@ def _record_version(
             action=action,
             subject=subject,
             actor=actor,
-            details={"digest": digest, "files": len(manifest["files"]), **copy, **(details or {})},
+            details={"digest": digest, "files": len(manifest["files"]), **copy, **(details or {}),
+                     **(bound(*bindings) if bindings else {})},
         )
         session.flush()
         return PublishResult(version_info(session, row), created=True)

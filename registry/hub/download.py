@@ -18,13 +18,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry import catalogue, settings
+from registry import catalogue, settings, trust
 from registry.adapters import manifest as manifests
 from registry.adapters.reader import COMPANION_FILES, CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
 from registry.digest import parse_digest, sha256_file
-from registry.errors import HubError, IntegrityError, InvalidAdapterError, NotFoundError, UsageError
+from registry.errors import (
+    DependencyMissingError,
+    HubError,
+    IntegrityError,
+    InvalidAdapterError,
+    NotFoundError,
+    UsageError,
+)
 from registry.hub.client import SHA1, FetchedFile, HubClient, RefusalCleanup, parse_repo_spec
-from registry.hub.format import DEFAULT_BRANCH, MANIFEST_FILENAME, HubVersion
+from registry.hub.format import (
+    DEFAULT_BRANCH,
+    MANIFEST_FILENAME,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_FILENAME,
+    HubVersion,
+)
 from registry.refs import Ref, parse_ref, split_name
 from registry.storage import BlobStore, open_store
 from registry.types import FileRecord, HubCopy, VersionInfo
@@ -67,6 +80,7 @@ def pull(
     db: str | None = None,
     name: str | None = None,
     store: BlobStore | None = None,
+    trust_policy: str | os.PathLike[str] | None = None,
 ) -> PullResult:
     """Fetch a version from the Hub, verify every byte, and import it into the catalogue.
 
@@ -81,10 +95,18 @@ def pull(
     read, so repeating a pinned pull makes no HTTP request at all. ``to`` also writes the files as a standard PEFT directory
     (atomically; an existing directory must be empty or already hold exactly these files).
 
+    A ``model.sig`` beside the files (a model-signing bundle, see ``spr push``) is read when the
+    version is imported, verified against it and stored. The trust policy (``trust_policy``, else
+    ``$SPR_TRUST_POLICY``) is applied before anything is written to ``to``: a refusal raises
+    :class:`~registry.errors.UntrustedError` (exit 3; the version stays catalogued, its bytes
+    verified, and verify/load refuse it under the same policy); a ``model.sig`` that does not verify
+    raises :class:`~registry.errors.SignatureError` and is not stored.
+
     Raises :class:`IntegrityError` (tampered or truncated remote copy: nothing imported),
     :class:`HubError`, :class:`NotFoundError`, :class:`UsageError`.
     """
     store = store if store is not None else open_store()
+    policy = trust.active_policy(trust_policy)
     local = _catalogue_target(target, db)
     if local is not None:
         copy = pick_copy(local, endpoint)
@@ -115,12 +137,15 @@ def pull(
                 found=remote.digest,
             )
         present = present_version(import_as, remote.digest, db, store)
+        bundle = None
         if present is None:
             files = hub.fetch_files(repo_id, commit_sha, remote.manifest["files"])
+            bundle = fetch_signature(hub, repo_id, commit_sha)
             version, created = import_verified(remote, files, import_as, hub, db=db, store=store, tag=hub_tag)
         else:  # already imported and verified then: the blob store, not the HF cache, is what counts now
             version, created = present, False
     version = record_pull(version, hub, repo_id, commit_sha, hub_tag, db=db)
+    apply_trust(version, bundle, policy, db=db)
     written = write_to(version, Path(to), db=db) if to is not None else None
     return PullResult(
         ref=version.ref,
@@ -278,9 +303,42 @@ def record_pull(
     )
 
 
+def fetch_signature(hub: HubClient, repo_id: str, commit_sha: str) -> bytes | None:
+    """``model.sig`` at ``commit_sha`` (bounded), or None when the commit has none."""
+    try:
+        path = hub.download(
+            repo_id, SIGNATURE_FILENAME, commit_sha, limit=MAX_SIGNATURE_BYTES,
+            too_large=lambda n: IntegrityError(
+                f"{repo_id}@{commit_sha[:12]}/{SIGNATURE_FILENAME} is larger than {MAX_SIGNATURE_BYTES} bytes",
+                hint="the signature bundle is not one spr push writes; do not use this copy",
+            ),
+        )
+    except HubError as exc:
+        if exc.fields.get("reason") == "entry-not-found":
+            return None
+        raise
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_SIGNATURE_BYTES + 1)
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise IntegrityError(f"{repo_id}@{commit_sha[:12]}/{SIGNATURE_FILENAME} is larger than {MAX_SIGNATURE_BYTES} bytes")
+    return data
+
+
+def apply_trust(version: VersionInfo, bundle: bytes | None, policy: trust.Policy | None, *, db: str | None) -> None:
+    """Store a pulled bundle (verified; a key bundle only when the policy knows its key), then
+    raise :class:`~registry.errors.UntrustedError` when the policy refuses the version."""
+    if bundle is None and policy is None:
+        return
+    trust.check_pulled(version, bundle, policy=policy, db=db).raise_if_refused()
+
+
 def dir_matches(directory: Path, files: Sequence[FileRecord]) -> bool:
-    """Whether ``directory`` holds exactly ``files`` (names, sizes and sha256)."""
-    present = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink())
+    """Whether ``directory`` holds exactly ``files`` (names, sizes and sha256), besides the
+    ``spr_manifest.json`` and ``model.sig`` a signed version's directory carries."""
+    present = sorted(
+        p.relative_to(directory).as_posix() for p in directory.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.relative_to(directory).as_posix() not in (MANIFEST_FILENAME, SIGNATURE_FILENAME)
+    )
     if present != sorted(f.path for f in files):
         return False
     for f in files:
@@ -291,6 +349,8 @@ def dir_matches(directory: Path, files: Sequence[FileRecord]) -> bool:
 
 
 def write_to(version: VersionInfo, destination: Path, *, db: str | None) -> Path:
+    """Export ``version`` into ``destination``; a signed version also gets ``spr_manifest.json`` (its
+    canonical manifest) and ``model.sig``, so ``model_signing verify`` accepts the directory."""
     if destination.exists() and destination.is_dir() and any(destination.iterdir()):
         if dir_matches(destination, version.files):
             return destination
@@ -298,7 +358,28 @@ def write_to(version: VersionInfo, destination: Path, *, db: str | None) -> Path
             f"{destination} already holds other files than {version.ref}",
             hint="choose a new or empty directory",
         )
-    return catalogue.export(version.ref, destination, db=db)
+    written = catalogue.export(version.ref, destination, db=db)
+    try:
+        bundle = trust.bundle_for_push(version, db=db) if trust.signatures(version.ref, db=db) else None
+    except DependencyMissingError:
+        bundle = None  # without model-signing the stored signatures cannot be checked: write none
+    if bundle is not None:
+        _write_atomic(written / MANIFEST_FILENAME, trust.manifest_bytes(version))
+        _write_atomic(written / SIGNATURE_FILENAME, bundle.encode("utf-8"))
+    return written
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".spr-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------

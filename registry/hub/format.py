@@ -28,12 +28,14 @@ from registry.refs import validate_name
 from registry.types import VersionInfo
 
 MANIFEST_FILENAME = "spr_manifest.json"
+SIGNATURE_FILENAME = "model.sig"  # a model-signing bundle, where model_signing's CLI looks for it
+MAX_SIGNATURE_BYTES = 1_000_000
 CARD_FILENAME = "README.md"
 HUB_FORMAT = "softprompt-registry/hub/v1"
 DEFAULT_BRANCH = "main"
 MAX_HUB_MANIFEST_BYTES = 20_000_000
 # Names an adapter's own files may not take: they would collide with what push adds.
-RESERVED_PATHS = frozenset({MANIFEST_FILENAME, ".gitattributes", *RELOCATED_FILES.values()})
+RESERVED_PATHS = frozenset({MANIFEST_FILENAME, SIGNATURE_FILENAME, ".gitattributes", *RELOCATED_FILES.values()})
 
 
 @dataclass(frozen=True)

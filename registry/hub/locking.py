@@ -5,17 +5,20 @@ The lockfile format is :mod:`registry.hub.lockfile`; this module makes and honou
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry import catalogue, settings
+from registry import catalogue, settings, trust
 from registry.errors import HubError, IntegrityError, LockfileDriftError, NotFoundError, UsageError
 from registry.hub import lockfile
 from registry.hub.client import FetchedFile, HubClient, RefusalCleanup, parse_repo_spec
 from registry.hub.download import (
+    apply_trust,
     dir_matches,
+    fetch_signature,
     find_version,
     import_verified,
     pick_copy,
@@ -131,6 +134,7 @@ def sync(
     db: str | None = None,
     endpoint: str | None = None,
     store: BlobStore | None = None,
+    trust_policy: str | os.PathLike[str] | None = None,
 ) -> SyncResult:
     """Fetch exactly the commits a lockfile pins, verify them, and import them.
 
@@ -148,9 +152,12 @@ def sync(
     endpoints are read anonymously, and a plain-http one that is not loopback is refused
     (:class:`UsageError`) before any request. A version already in the catalogue under its
     name is checked through its manifest only (no file download). Raises :class:`LockfileDriftError` naming the
-    entry and the drift, :class:`HubError`, :class:`UsageError`.
+    entry and the drift, :class:`HubError`, :class:`UsageError`. Signatures and the trust policy
+    (``trust_policy``, else ``$SPR_TRUST_POLICY``) are handled as by :func:`pull`, for every entry
+    before any ``to`` directory is written (:class:`~registry.errors.UntrustedError`, exit 3).
     """
     lock_path = Path(path)
+    policy = trust.active_policy(trust_policy)
     locked = lockfile.read(lock_path)
     store = store if store is not None else open_store()
     if not locked.entries:
@@ -168,8 +175,7 @@ def sync(
         for entry in locked.entries:
             _check_target_dir(entry, _sync_dir(Path(to), entry), frozen=frozen)
     refs_cache: dict[tuple[str, str], dict[str, str]] = {}
-    fetched: list[tuple[lockfile.LockEntry, HubClient, HubVersion, dict[str, FetchedFile] | None]] = []
-    items = []
+    fetched: list[tuple[lockfile.LockEntry, HubClient, HubVersion, dict[str, FetchedFile] | None, bytes | None]] = []
     # A refused sync (drift, tampered or oversized bytes) leaves nothing it downloaded in the HF cache.
     with RefusalCleanup() as cleanup:  # drift is an IntegrityError: a refusal
         for entry in locked.entries:
@@ -179,15 +185,19 @@ def sync(
             remote, files = _fetch_locked(entry, hub, frozen=frozen, refs_cache=refs_cache, download=present is None)
             if frozen:
                 _check_frozen_catalogue(entry, db)
-            fetched.append((entry, hub, remote, files))
+            bundle = fetch_signature(hub, entry.repo, entry.commit) if files is not None else None
+            fetched.append((entry, hub, remote, files, bundle))
         imported = []
-        for entry, hub, remote, files in fetched:
+        for entry, hub, remote, files, bundle in fetched:
             if files is None:
                 version, created = catalogue.get_version(f"{entry.name}@{entry.digest}", db=db), False
             else:
                 version, created = import_verified(remote, files, entry.name, hub, db=db, store=store, tag=entry.tag)
-            imported.append((entry, hub, version, created))
-    for entry, hub, version, created in imported:
+            imported.append((entry, hub, version, created, bundle))
+    for _, _, version, _, bundle in imported:  # every entry judged before any directory is written
+        apply_trust(version, bundle, policy, db=db)
+    items = []
+    for entry, hub, version, created, _ in imported:
         version = record_pull(version, hub, entry.repo, entry.commit, entry.tag, db=db)
         written = None
         if to is not None:

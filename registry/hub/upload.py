@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry import catalogue
+from registry import catalogue, trust
 from registry.digest import sha256_bytes
 from registry.errors import HubError, UsageError
 from registry.hub.card import render as render_card
@@ -22,6 +22,7 @@ from registry.hub.format import (
     CARD_FILENAME,
     DEFAULT_BRANCH,
     MANIFEST_FILENAME,
+    SIGNATURE_FILENAME,
     check_pushable,
     hub_path,
     manifest_file_bytes,
@@ -59,6 +60,9 @@ def push(
     files of the previous version that this one lacks are deleted in the same commit. Pushing a
     version the repo already holds (tag ``v{N}`` on a commit with the same manifest digest)
     uploads nothing; a push interrupted after its commit finishes by tagging that commit.
+    A signed version also gets ``model.sig`` (a model-signing bundle: the one the trust policy in
+    force trusts, else the oldest valid one), so ``spr pull`` can verify the signer and
+    ``model_signing verify`` accepts a pulled directory; sign before the first push of a version.
     Records the hub copy and a ``push`` event. Raises :class:`HubError` (the Hub refused or is
     unreachable), :class:`IntegrityError` (a stored blob changed), :class:`NotFoundError`.
     """
@@ -96,18 +100,20 @@ def push(
 
     head = branches.get(DEFAULT_BRANCH)
     manifest_bytes = manifest_file_bytes(version)
+    bundle = trust.bundle_for_push(version, db=db, policy=trust.active_policy())
+    extra = {SIGNATURE_FILENAME: bundle.encode("utf-8")} if bundle is not None else {}
     commit_sha: str | None = None
     stale: list[str] = []
     if head is not None:
         head = checked_sha(head, repo_id)
         remote = hub.tree(repo_id, head)
-        if _holds_version(store, remote, version, manifest_bytes):
+        if _holds_version(store, remote, version, manifest_bytes, extra):
             commit_sha = head  # an earlier push committed but was cut off before tagging
-        wanted = {hub_path(f.path) for f in version.files} | {MANIFEST_FILENAME, CARD_FILENAME, ".gitattributes"}
+        wanted = {hub_path(f.path) for f in version.files} | {MANIFEST_FILENAME, CARD_FILENAME, ".gitattributes", *extra}
         stale = sorted(p for p in remote if p not in wanted)
     committed = False
     if commit_sha is None:
-        commit_sha = _commit(store, hub, repo_id, version, manifest_bytes, stale, parent=head)
+        commit_sha = _commit(store, hub, repo_id, version, manifest_bytes, stale, parent=head, extra=extra)
         committed = True
     with hub.call(f"creating tag {tag}", repo_id):
         from huggingface_hub.errors import HfHubHTTPError
@@ -130,7 +136,9 @@ def push(
     return _pushed(version, hub, repo_id, commit_sha, tag, committed=committed, tagged=True, db=db)
 
 
-def _holds_version(store: BlobStore, tree: dict[str, Any], version: VersionInfo, manifest_bytes: bytes) -> bool:
+def _holds_version(
+    store: BlobStore, tree: dict[str, Any], version: VersionInfo, manifest_bytes: bytes, extra: dict[str, bytes]
+) -> bool:
     """Whether a commit's tree already is exactly this version: same ``spr_manifest.json`` bytes and
     every file with the same content (LFS sha256, or git blob id for regular files), read from the
     tree listing alone (no download). The card may differ (it is regenerated on every push)."""
@@ -140,6 +148,8 @@ def _holds_version(store: BlobStore, tree: dict[str, Any], version: VersionInfo,
     wanted: dict[str, tuple[int, Callable[[], str], str]] = {
         MANIFEST_FILENAME: (len(manifest_bytes), manifest_oid, sha256_bytes(manifest_bytes)),
     }
+    for path, data in extra.items():
+        wanted[path] = (len(data), lambda data=data: _git_blob_sha1_bytes(data), sha256_bytes(data))  # type: ignore[misc]
     for f in version.files:
         wanted[hub_path(f.path)] = (f.size, _file_oid(store.local_path(f.sha256), f.size), f.sha256)
     for repo_path, (size, git_oid, sha256) in wanted.items():
@@ -177,7 +187,8 @@ def _git_blob_sha1_file(path: Path, size: int) -> str:
 
 
 def _commit(
-    store: BlobStore, hub: HubClient, repo_id: str, version: VersionInfo, manifest_bytes: bytes, stale: list[str], *, parent: str | None
+    store: BlobStore, hub: HubClient, repo_id: str, version: VersionInfo, manifest_bytes: bytes, stale: list[str], *,
+    parent: str | None, extra: dict[str, bytes],
 ) -> str:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
@@ -186,6 +197,7 @@ def _commit(
         for f in version.files
     ]
     operations.append(CommitOperationAdd(path_in_repo=MANIFEST_FILENAME, path_or_fileobj=manifest_bytes))
+    operations += [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in extra.items()]
     operations.append(CommitOperationAdd(path_in_repo=CARD_FILENAME, path_or_fileobj=render_card(version, repo_id).encode("utf-8")))
     operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
     with hub.call(f"pushing {version.ref}", repo_id):

@@ -185,6 +185,7 @@ def load(
     adapter_name: str | None = None,
     actor: str | None = None,
     store: BlobStore | None = None,
+    trust_policy: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Verify ``ref`` against ``base_model``, then load it and return the ``PeftModel``.
 
@@ -198,7 +199,8 @@ def load(
     changes between verification and export.
     """
     return load_many([ref], base_model, db=db, allow_different_base=allow_different_base,
-                     adapter_names=[adapter_name] if adapter_name else None, actor=actor, store=store)
+                     adapter_names=[adapter_name] if adapter_name else None, actor=actor, store=store,
+                     trust_policy=trust_policy)
 
 
 def load_many(
@@ -210,6 +212,7 @@ def load_many(
     adapter_names: Sequence[str] | None = None,
     actor: str | None = None,
     store: BlobStore | None = None,
+    trust_policy: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Attach several verified adapters to one copy of ``base_model``; return the ``PeftModel``.
 
@@ -219,6 +222,8 @@ def load_many(
     task type and be all prompt-learning or all LoRA (PEFT cannot mix the two in one model).
     Raises as :func:`load`, and :class:`UsageError` for an empty list or duplicate names.
     ``store`` is the blob store the files are verified in and exported from (default: :func:`open_store`).
+    ``trust_policy`` (default ``$SPR_TRUST_POLICY``): a version the policy refuses raises
+    :class:`IncompatibleError` with ``signature-missing``/``-invalid`` or ``signer-not-trusted`` findings.
     """
     if not refs:
         raise UsageError("load_many needs at least one adapter reference", hint="pass refs=['team/coach@prod', ...]")
@@ -243,7 +248,7 @@ def load_many(
         subject = resolve_adapter(ref, db=db)
         report = verify_subject(
             subject, target, db=db, allow_different_base=allow_different_base, actor=actor, log_override=True,
-            via="load", store=store,
+            via="load", store=store, trust_policy=trust_policy,
         )
         report.raise_if_incompatible()
         subjects.append(subject)

@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
+from registry import trust
 from registry.catalogue import BlobRefs, check_catalogue, verify_event_chain
 from registry.digest import CHUNK, PREFIX, ProgressCallback
 from registry.errors import NotFoundError
@@ -41,11 +42,18 @@ ERROR_KINDS = (
     "manifest-files",    # a version's file rows differ from its manifest's file list
     "manifest-invalid",  # a version's stored manifest is not a JSON manifest
     "alias-adapter",     # an alias points at a version of another adapter
+    "guard-missing",     # an append-only trigger was dropped (rows of its table can change unseen)
+    "signature-invalid", # a stored signature no longer verifies against its version
+    "row-edited",        # an eval score, alias, deprecation, hub copy or signature differs from its event
+    "row-deleted",       # a row an event recorded is gone
+    "row-unbound",       # (error when newer than bindings) a row no event recorded
+    "checkpoint",        # the chain no longer extends a checkpoint (--checkpoint): events were cut
 )
 WARNING_KINDS = (
     "orphan-blob",  # a blob no file row references (a publish or pull killed before its commit)
     "temp-file",    # a partial write left by a killed process
     "stray-file",   # a file in the blob store that is not named like a blob
+    "signatures-unchecked",  # model-signing is not installed: stored signatures were not verified
 )
 
 
@@ -76,6 +84,7 @@ class AuditReport:
     events: int
     seconds: float
     problems: tuple[Problem, ...]
+    head: dict[str, Any] = field(default_factory=dict)  # the chain head: count, hash (record it elsewhere)
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -98,12 +107,18 @@ def audit(
     progress: ProgressCallback | None = None,
     workers: int | None = None,
     store: BlobStore | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_key: str | os.PathLike[str] | None = None,
 ) -> AuditReport:
     """Check the catalogue at ``db`` and the blob store; return every problem found.
 
     The catalogue is read in one snapshot first; the store is scanned afterwards, so a publish in
     flight shows up as orphan blobs (warnings) rather than as missing ones. ``rehash=False`` only
     checks that blobs exist and have the recorded size. Never raises for damage: damage is reported.
+    Also checked (``registry.trust``): the append-only triggers, every stored signature, every row
+    bound to its event, and with ``checkpoint`` (a file from ``spr audit checkpoint``, signed by
+    ``checkpoint_key`` when given) that the chain still extends it; a checkpoint file that does not
+    parse or verify raises (one-line error).
     """
     started = time.perf_counter()
     if store is None:
@@ -113,6 +128,10 @@ def audit(
     for line in verify_event_chain(db=db):
         subject = line.split(":", 1)[0]
         problems.append(Problem(ERROR, "event-chain", subject, line.split(":", 1)[1].strip()))
+    problems += [
+        Problem(p.severity, p.kind, p.subject, p.message)
+        for p in trust.audit_problems(db=db, checkpoint_file=checkpoint, checkpoint_key=checkpoint_key)
+    ]
 
     referenced = checked.referenced
     bytes_hashed = _check_blobs(store, referenced, problems, rehash=rehash, progress=progress, workers=workers)
@@ -128,6 +147,7 @@ def audit(
         events=checked.events,
         seconds=time.perf_counter() - started,
         problems=tuple(problems),
+        head=trust.chain_head(db=db),
     )
 
 

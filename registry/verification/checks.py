@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry import trust
 from registry.adapters import basemodel, compat
 from registry.adapters.basemodel import BaseModelFacts
 from registry.adapters.compat import CompatReport, finding
@@ -127,6 +128,7 @@ def verify(
     log_override: bool = True,
     via: str = "verify",
     store: BlobStore | None = None,
+    trust_policy: str | os.PathLike[str] | None = None,
 ) -> CompatReport:
     """Check that ``adapter`` (a catalogue ref or an adapter directory) fits ``base_model``.
 
@@ -138,10 +140,13 @@ def verify(
     ``verify-override`` event (unless ``log_override=False``). Raises for what stops the check
     itself: an unknown ref, an unreadable adapter or base model, an unreachable Hub.
     ``store`` is the blob store the version's files are re-hashed in (default: :func:`open_store`).
+    ``trust_policy`` (default ``$SPR_TRUST_POLICY``) adds the trust policy's findings for a catalogued
+    version: ``signature-missing``/``-invalid``, ``signer-not-trusted``, errors where it requires signatures.
     """
     return verify_subject(
         resolve_adapter(adapter, db=db), base_facts(base_model), db=db,
         allow_different_base=allow_different_base, actor=actor, log_override=log_override, via=via, store=store,
+        trust_policy=trust_policy,
     )
 
 
@@ -155,6 +160,7 @@ def verify_subject(
     log_override: bool,
     via: str,
     store: BlobStore | None = None,
+    trust_policy: str | os.PathLike[str] | None = None,
 ) -> CompatReport:
     """:func:`verify` of an adapter already resolved (:func:`resolve_adapter`) against known base facts."""
     report = compat.check(
@@ -169,6 +175,7 @@ def verify_subject(
     if subject.version is not None:
         extra += check_files(subject.version.files, store=store)
         extra += _status_findings(subject.version)
+        extra += trust.policy_findings(subject.version, policy_path=trust_policy, db=db)
     elif subject.directory is not None:
         extra += _non_finite_findings(subject.directory)
     report = report.with_findings(extra)

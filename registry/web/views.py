@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from registry import catalogue
+from registry import catalogue, trust
 from registry.errors import UsageError
 from registry.refs import Ref, parse_ref, split_name
 from registry.types import Lineage, VersionInfo
@@ -176,8 +176,8 @@ class Views:
     def version(self, request: Request, as_json: bool) -> Response:
         ref = self.ref_from_path(request)
         v = catalogue.get_version(ref, db=self.db)
-        if as_json:
-            return JSONPage(v)
+        if as_json:  # the same shape as 'spr show --json', signatures included
+            return JSONPage({**dataclasses.asdict(v), "signatures": trust.signature_report(v, db=self.db)})
         from registry.hub import card
 
         repo_id = v.hub_copies[-1].repo_id if v.hub_copies else v.full_name
