@@ -9,6 +9,7 @@ from registry.cli import (  # noqa: F401  (importing registers the commands)
     demo_cmd,
     hub_cmds,
     ops_cmds,
+    serve_cmds,
     train_cmds,
     verify_cmds,
 )

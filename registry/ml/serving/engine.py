@@ -163,7 +163,8 @@ class SoftPromptEngine:
         self._lora_model: Any = None
         self._lora_names: dict[str, str] = {}  # version_ref -> adapter name inside _lora_model
         self.refused: dict[str, str] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held while a batch runs and while the served set changes
+        self._slots_lock = threading.Lock()  # short: reading/writing the served set (prepare never waits for a batch)
         self._counter = 0
         for ref in refs:
             try:
@@ -177,7 +178,7 @@ class SoftPromptEngine:
     @property
     def adapters(self) -> dict[str, ServedAdapter]:
         """The served refs, by the name they were asked for."""
-        with self._lock:
+        with self._slots_lock:
             return {ref: slot.adapter for ref, slot in self._slots.items()}
 
     def add(self, ref: str | os.PathLike[str]) -> ServedAdapter:
@@ -226,9 +227,10 @@ class SoftPromptEngine:
                         slot.soft_prompt = peft_model.get_prompt(batch_size=1)[0].detach().clone()
                 else:
                     slot.peft_model = peft_model
-            old = self._slots.get(key)
-            self._slots[key] = slot
-            self.refused.pop(key, None)
+            with self._slots_lock:
+                old = self._slots.get(key)
+                self._slots[key] = slot
+                self.refused.pop(key, None)
             if old is not None and old.adapter.peft_type == "LORA":
                 self._drop_lora(old.name)
         return adapter
@@ -236,7 +238,8 @@ class SoftPromptEngine:
     def remove(self, ref: str) -> None:
         """Stop serving ``ref`` (requests already prepared for it still finish). Raises :class:`NotFoundError`."""
         with self._lock:
-            slot = self._slots.pop(ref, None)
+            with self._slots_lock:
+                slot = self._slots.pop(ref, None)
             if slot is None:
                 raise NotFoundError(f"{ref} is not served", hint=f"served: {', '.join(sorted(self._slots)) or 'none'}")
             if slot.adapter.peft_type == "LORA":
@@ -251,7 +254,7 @@ class SoftPromptEngine:
         from registry.ml import loading
 
         changed: dict[str, tuple[str | None, str | None]] = {}
-        with self._lock:
+        with self._slots_lock:
             targets = list(self._slots) + [r for r in self.refused if r not in self._slots]
         for ref in targets:
             old = self._slots.get(ref)
@@ -325,7 +328,7 @@ class SoftPromptEngine:
         :class:`UsageError` for a prompt that, with the virtual tokens and ``max_new_tokens``,
         does not fit the base's context (the message names the limit).
         """
-        with self._lock:
+        with self._slots_lock:
             slot = self._slots.get(request.ref)
             served = sorted(self._slots)
         if slot is None:
