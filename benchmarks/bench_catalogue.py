@@ -117,11 +117,11 @@ def fresh_process(argv: list[str], env: dict[str, str]) -> None:
 def bench_processes(home: Path, runs: int) -> dict[str, float]:
     env = {**os.environ, "SPR_HOME": str(home)}
     spr = [sys.executable, "-m", "registry.cli.main"]
-    fresh_process(spr + ["list", "--limit", "1"], env)  # warm the page cache
+    fresh_process([*spr, "list", "--limit", "1"], env)  # warm the page cache
     results = {
         "python -c 'import peft'": median_seconds(lambda: fresh_process([sys.executable, "-c", "import peft"], env), runs),
-        "spr show team/adapter-7@42": median_seconds(lambda: fresh_process(spr + ["show", "team/adapter-7@42"], env), runs),
-        "spr list --limit 50": median_seconds(lambda: fresh_process(spr + ["list", "--limit", "50"], env), runs),
+        "spr show team/adapter-7@42": median_seconds(lambda: fresh_process([*spr, "show", "team/adapter-7@42"], env), runs),
+        "spr list --limit 50": median_seconds(lambda: fresh_process([*spr, "list", "--limit", "50"], env), runs),
         "python -c pass": median_seconds(lambda: fresh_process([sys.executable, "-c", "pass"], env), runs),
     }
     return results

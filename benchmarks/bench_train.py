@@ -268,7 +268,7 @@ def run_interleaved(base: Path, data: Path, rounds: int) -> dict[str, Any]:
         raise RuntimeError("interleaved run failed")
     steps = json.loads(stdout.strip().splitlines()[-1])
     # Skip round 1 (each trainer's first step pays one-time warm-up); compare per-round throughput.
-    ratios = [(s["tokens"] / s["seconds"]) / (r["tokens"] / r["seconds"]) for r, s in zip(steps["recipe"][1:], steps["spr"][1:])]
+    ratios = [(s["tokens"] / s["seconds"]) / (r["tokens"] / r["seconds"]) for r, s in zip(steps["recipe"][1:], steps["spr"][1:], strict=True)]
     return {"rounds": steps, "ratios": ratios, "median_ratio": statistics.median(ratios) if ratios else None}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,17 +42,18 @@ def publish(
 ) -> None:
     """Publish the PEFT adapter in DIRECTORY as a new version of NAME."""
     from registry import catalogue
+    from registry.cli.inputs import parse_eval, parse_tags, read_training_args
 
     options = catalogue.PublishOptions(
         base_model=base_model,
         dataset=dataset,
         dataset_digest=dataset_digest,
-        evals=[catalogue.parse_eval(e) for e in evals],
+        evals=[parse_eval(e) for e in evals],
         parent=parent,
-        training=catalogue.read_training_args(training_args) if training_args else {},
+        training=read_training_args(training_args) if training_args else {},
         template=unescape(template) if template is not None else None,
         description=description,
-        tags=catalogue.parse_tags(tags),
+        tags=parse_tags(tags),
         author=author,
     )
     total = sum(p.stat().st_size for p in directory.glob("*") if p.is_file()) if directory.is_dir() else 0
@@ -283,9 +283,10 @@ def eval_() -> None:
 def eval_add(app: AppContext, ref: str, scores: tuple[str, ...], split: str | None) -> None:
     """Record eval scores for REF (they accumulate over time)."""
     from registry import catalogue
+    from registry.cli.inputs import parse_eval
 
     # Parse every score first: a malformed one records none of them.
-    parsed = [dataclasses.replace(catalogue.parse_eval(text), split=split) for text in scores]
+    parsed = [parse_eval(text, split=split) for text in scores]
     version = catalogue.add_evals(ref, parsed, db=app.db)
     emit(app, version, lambda: click.echo(f"recorded {len(scores)} score(s) for {version.ref}"))
 

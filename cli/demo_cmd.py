@@ -71,7 +71,7 @@ def demo(workdir: Path | None) -> None:
     try:
         from registry.demo import toymodels
     except ImportError as exc:  # pragma: no cover - the [ml] extra is missing
-        raise click.ClickException(f"spr demo needs the [ml] extra: pip install 'softprompt-registry[ml]' ({exc})")
+        raise click.ClickException(f"spr demo needs the [ml] extra: pip install 'softprompt-registry[ml]' ({exc})") from None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="spr-demo-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     # Everything the tour writes stays under workdir: catalogues, blobs, the Hub client's cache.

@@ -200,3 +200,42 @@ def hub_serve(host: str, port: int, root: Path | None, tokens: tuple[str, ...], 
         server.serve_forever()
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
+
+
+@hub_group.command("gc")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="The server's root (default: $SPR_HOME/hub).")
+@click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True, metavar="SECONDS",
+              help="Keep unreferenced objects younger than this (an LFS upload waiting for its commit).")
+@click.option("-y", "--yes", is_flag=True, help="Really remove (default: dry run, list only).")
+@json_option
+@pass_app
+def hub_gc(app: AppContext, root: Path | None, grace: float, yes: bool) -> None:
+    """Remove objects of the local Hub server that no commit references.
+
+    Uploads that never became part of a commit (an LFS upload whose commit never came) stay on
+    disk until this runs. Safe while the server runs: young objects are kept.
+    """
+    from registry import settings
+    from registry.errors import UsageError
+    from registry.hubserver import HubStorage
+
+    directory = root if root is not None else settings.home() / "hub"
+    if not (directory / "objects").is_dir():
+        raise UsageError(f"{directory} is not a Hub server root (no objects/ folder)",
+                         hint="pass the --root that 'spr hub serve' uses")
+    report = HubStorage(directory).gc(grace_seconds=grace, remove=yes)
+    data = {
+        "root": str(directory), "removed": report.removed, "kept_young": report.kept_young,
+        "unreferenced": [{"sha256": o.sha256, "size": o.size} for o in report.unreferenced],
+        "bytes": report.bytes, "leftovers": [str(p) for p in report.leftovers],
+    }
+
+    def render() -> None:
+        verb = "removed" if yes else "would remove"
+        click.echo(f"{verb} {len(report.unreferenced)} unreferenced object(s), {report.bytes} bytes, "
+                   f"and {len(report.leftovers)} upload leftover(s); kept {report.kept_young} younger than {grace:g} s")
+        if not yes and (report.unreferenced or report.leftovers):
+            click.echo("dry run: pass -y to remove them", err=True)
+
+    emit(app, data, render)

@@ -9,10 +9,7 @@ import click
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.output import hashing_progress
 from registry.errors import EXIT_INTEGRITY
-
-# Mirrors registry.ops.DEFAULT_GRACE_SECONDS (a test keeps them equal): the CLI imports the
-# audit module, and with it SQLAlchemy, only when a command runs.
-DEFAULT_GRACE_SECONDS = 3600.0
+from registry.ops.defaults import DEFAULT_GRACE_SECONDS  # imports nothing: no SQLAlchemy at start-up
 
 
 def _human(n: float) -> str:

@@ -17,10 +17,11 @@ import click
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.catalogue_cmds import eval_
 from registry.cli.output import stderr, unescape
+from registry.ml import defaults as D  # torch-free: the library's defaults, read here, never repeated
 
-METHOD_CHOICES = ("prompt-tuning", "p-tuning", "prefix-tuning", "lora")
-INIT_CHOICES = ("random", "text", "sample-vocab")
-METRIC_CHOICES = ("loss", "perplexity", "exact-match", "rouge-l")
+METHOD_CHOICES = tuple(D.METHODS)
+INIT_CHOICES = tuple(D.INITS)
+METRIC_CHOICES = tuple(D.METRICS)
 PLAIN_PROGRESS_EVERY_S = 5.0  # without a terminal, a progress line at most this often
 
 
@@ -71,25 +72,25 @@ def training_progress(enabled: bool) -> Iterator[Callable[[int, int, float | Non
 @click.option("--dataset", type=click.Path(path_type=Path), required=True,
               help="Training data: JSONL/JSON/CSV/TXT/Parquet with a 'text' column or 'prompt'/'completion' columns, or a datasets save_to_disk directory.")
 @click.option("--name", help="Publish as this adapter name, [namespace/]name (required unless --no-publish).")
-@click.option("--method", type=click.Choice(METHOD_CHOICES), help="PEFT method (default prompt-tuning; with --parent, the parent's).")
-@click.option("--virtual-tokens", type=int, help="Number of virtual tokens (default 4; with --init text, the init text's token count).")
+@click.option("--method", type=click.Choice(METHOD_CHOICES), help=f"PEFT method (default {D.DEFAULT_METHOD}; with --parent, the parent's).")
+@click.option("--virtual-tokens", type=int, help=f"Number of virtual tokens (default {D.DEFAULT_VIRTUAL_TOKENS}; with --init text, the init text's token count).")
 @click.option("--init", "init", type=click.Choice(INIT_CHOICES), help="Prompt-tuning init (default random; text when --init-text is given).")
 @click.option("--init-text", help="Text the soft prompt starts from (--init text).")
-@click.option("--epochs", type=float, default=6.0, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Learning rate.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--max-length", type=int, default=256, show_default=True, help="Tokens per example (longer ones are truncated).")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--epochs", type=float, default=D.DEFAULT_EPOCHS, show_default=True)
+@click.option("--lr", type=float, default=D.DEFAULT_LR, show_default=True, help="Learning rate.")
+@click.option("--batch-size", type=int, default=D.DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--max-length", type=int, default=D.DEFAULT_MAX_LENGTH, show_default=True, help="Tokens per example (longer ones are truncated).")
+@click.option("--seed", type=int, default=D.DEFAULT_SEED, show_default=True)
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (overrides --epochs).")
-@click.option("--eval-split", type=float, help="Fraction of the records held out for evaluation (default 0.1).")
+@click.option("--eval-split", type=float, help=f"Fraction of the records held out for evaluation (default {D.DEFAULT_EVAL_SPLIT}).")
 @click.option("--eval-dataset", type=click.Path(path_type=Path), help="Evaluate on this dataset instead of a held-out split.")
 @click.option("--text-column", metavar="COLUMN", help="The column holding the text (default 'text').")
 @click.option("--parent", metavar="REF", help="Continue from this published version's weights (recorded as the parent).")
 @click.option("--template", help="Input format with {prompt}, e.g. 'Human: {prompt}\\n\\nAssistant: ' (\\n, \\t and \\\\ are interpreted). Recorded, and applied by spr eval and spr generate.")
-@click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank (--method lora).")
+@click.option("--lora-r", type=int, default=D.DEFAULT_LORA_R, show_default=True, help="LoRA rank (--method lora).")
 @click.option("--lora-alpha", type=int, help="LoRA alpha (default 2 x r).")
 @click.option("--lora-target", "lora_targets", multiple=True, metavar="MODULE", help="LoRA target module (repeatable; default: PEFT's choice).")
-@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(D.DEVICES), default=D.DEFAULT_DEVICE, show_default=True)
 @click.option("--allow-different-base", is_flag=True, help="Accept a --parent recorded on another base model (logged).")
 @click.option("--write-heldout", type=click.Path(path_type=Path), metavar="FILE.jsonl",
               help="Also write the held-out records (canonical JSONL: its digest is the one recorded), for spr eval.")
@@ -116,7 +117,7 @@ def train(
     perplexity (tied to the held-out data's digest), the template and the parent. Ctrl-C stops
     training and publishes nothing (exit 130).
     """
-    from registry import catalogue
+    from registry.cli.inputs import parse_tags
     from registry.errors import UsageError
     from registry.ml import training
 
@@ -132,7 +133,7 @@ def train(
         lora_alpha=lora_alpha, lora_target_modules=lora_targets, device=device,
         allow_different_base=allow_different_base,
     )
-    parsed_tags = catalogue.parse_tags(tags)
+    parsed_tags = parse_tags(tags)
     with training_progress(True) as progress:
         if publish:
             assert name is not None
@@ -195,10 +196,10 @@ def train(
               help="Metric (repeatable). Default: loss and perplexity, plus exact-match and rouge-l for prompt/completion data.")
 @click.option("--split", help="The split name recorded with the scores (e.g. test).")
 @click.option("--text-column", metavar="COLUMN", help="The column holding the text (default 'text').")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=int, default=D.DEFAULT_EVAL_BATCH_SIZE, show_default=True)
 @click.option("--max-length", type=int, help="Tokens per example (default: what training used).")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Generation length for exact-match / rouge-l.")
-@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
+@click.option("--max-new-tokens", type=int, default=D.DEFAULT_EVAL_NEW_TOKENS, show_default=True, help="Generation length for exact-match / rouge-l.")
+@click.option("--device", type=click.Choice(D.DEVICES), default=D.DEFAULT_DEVICE, show_default=True)
 @click.option("--allow-different-base", is_flag=True, help="Accept a base model other than the recorded one (logged).")
 @click.option("--no-record", is_flag=True, help="Compute and print only; record nothing.")
 @json_option
@@ -238,11 +239,11 @@ def eval_run(
 @click.argument("ref")
 @click.option("--prompt", required=True, help="The input (the recorded template is applied to it).")
 @click.option("--base-model", metavar="DIR|REPO[@REV]", help="Base model (default: the recorded one, if a local directory that exists).")
-@click.option("--max-new-tokens", type=int, default=32, show_default=True)
-@click.option("--repetition-penalty", type=float, default=1.5, show_default=True, help="As in the tutorials' generate().")
+@click.option("--max-new-tokens", type=int, default=D.DEFAULT_GENERATE_NEW_TOKENS, show_default=True)
+@click.option("--repetition-penalty", type=float, default=D.TUTORIAL_REPETITION_PENALTY, show_default=True, help="As in the tutorials' generate().")
 @click.option("--compare-base", is_flag=True, help="Also print the bare base model's output on the same input.")
 @click.option("--no-template", is_flag=True, help="Do not apply the recorded template.")
-@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(D.DEVICES), default=D.DEFAULT_DEVICE, show_default=True)
 @click.option("--allow-different-base", is_flag=True, help="Accept a base model other than the recorded one (logged).")
 @json_option
 @pass_app

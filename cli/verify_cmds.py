@@ -39,9 +39,9 @@ def verify(
     \b
     Exit status: 0 compatible (warnings allowed), 3 incompatible, 1 other errors, 4 unknown REF.
     """
-    from registry.ml import loading
+    from registry import verification
 
-    report = loading.verify(
+    report = verification.verify(
         target, base_model, db=app.db, allow_different_base=allow_different_base, actor=author, via="spr verify"
     )
 

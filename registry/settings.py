@@ -60,6 +60,25 @@ def hub_endpoint(override: str | None = None) -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+def hub_endpoint_is_set() -> bool:
+    """Whether ``$HF_ENDPOINT`` names an endpoint (else :func:`hub_endpoint` falls back to huggingface.co)."""
+    return bool(os.environ.get("HF_ENDPOINT"))
+
+
+def hf_home() -> Path:
+    """``huggingface_hub``'s home: ``$HF_HOME``, else ``$XDG_CACHE_HOME/huggingface`` (``~/.cache``)."""
+    value = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(os.path.expandvars(value)).expanduser()
+
+
+def hf_hub_cache() -> Path:
+    """The ``huggingface_hub`` download cache: ``$HF_HUB_CACHE``, else ``hf_home()/hub``."""
+    value = os.environ.get("HF_HUB_CACHE")
+    if value:
+        return Path(os.path.expandvars(value)).expanduser()
+    return hf_home() / "hub"
+
+
 def hub_token() -> str | None:
     """The Hub token from ``HF_TOKEN`` or the ``huggingface_hub`` login. Never stored or printed."""
     token = os.environ.get("HF_TOKEN")

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import ops_support
 import pytest
-from hub_fixtures import *
+from hub_fixtures import *  # noqa: F403  (fixtures are found by name)
 from hub_fixtures import isolate_hf_client
-from model_fixtures import *
+from model_fixtures import *  # noqa: F403  (fixtures are found by name)
 from ops_support import PostgresServer, backend_name, postgres_admin_dsn
 
 _PG_UNREACHABLE: list[str] = []  # why the PostgreSQL half was skipped, if it was

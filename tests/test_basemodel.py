@@ -19,6 +19,7 @@ from hub_fixtures import HUB_TOKEN
 
 from registry.adapters import basemodel
 from registry.errors import InvalidBaseModelError, NotFoundError
+from registry.hub.remote_base import RemoteFiles
 from registry.hubserver import HubServer
 
 HEX = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -180,7 +181,7 @@ def test_unusable_specs_are_refused(spec: str) -> None:
 def test_malformed_directories_are_refused(tiny_bloom: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InvalidBaseModelError, match="no config.json"):
+    with pytest.raises(InvalidBaseModelError, match=r"no config\.json"):
         basemodel.identify(str(empty))
     bad = _copy(tiny_bloom, tmp_path / "badcfg")
     (bad / "config.json").write_text("{not json")
@@ -331,7 +332,7 @@ def test_remote_read_stops_at_the_range_asked_for(mode: str) -> None:
 
     length = 100_000  # what a safetensors header read asks for
     with _HostileRangeServer(mode) as server:
-        remote = basemodel._RemoteFiles("org/x", "0" * 40, server.url, None, "org/x on a hostile server")
+        remote = RemoteFiles("org/x", "0" * 40, server.url, None, "org/x on a hostile server")
         tracemalloc.start()
         try:
             data = remote.read("model.safetensors", 0, length)
@@ -348,7 +349,7 @@ def test_remote_read_refuses_a_short_body() -> None:
     from registry.errors import HubError
 
     with _HostileRangeServer("short") as server:
-        remote = basemodel._RemoteFiles("org/x", "0" * 40, server.url, None, "org/x on a hostile server")
+        remote = RemoteFiles("org/x", "0" * 40, server.url, None, "org/x on a hostile server")
         with pytest.raises(HubError, match="sent 10 of the 1000 bytes"):
             remote.read("model.safetensors", 0, 1000)
 

@@ -13,7 +13,8 @@ from sqlalchemy import text
 
 from registry import catalogue, db, errors
 from registry.adapters.manifest import digest_of
-from registry.catalogue import PublishOptions, parse_eval
+from registry.catalogue import PublishOptions
+from registry.cli.inputs import parse_eval
 from registry.digest import sha256_file
 from registry.storage import LocalBlobStore
 
@@ -161,7 +162,7 @@ def test_no_api_edits_a_published_version(adapter: Path) -> None:
         "UPDATE event SET actor = 'mallory' WHERE id = 1",
         "DELETE FROM event",
     ):
-        with pytest.raises(Exception, match="immutable|append-only"), engine.begin() as conn:
+        with pytest.raises(Exception, match=r"immutable|append-only"), engine.begin() as conn:
             conn.execute(text(statement))
     assert catalogue.get_version("coach@1") == catalogue.get_version("coach@1")
     assert catalogue.get_version("coach@1").digest == v.digest

@@ -58,10 +58,11 @@ def test_publish_interprets_template_escapes_like_train(tmp_path: Path) -> None:
 
 
 def test_gc_default_grace_matches_the_library() -> None:
-    from registry import ops as audit
+    from registry import ops
     from registry.cli import ops_cmds
 
-    assert ops_cmds.DEFAULT_GRACE_SECONDS == audit.DEFAULT_GRACE_SECONDS
+    (grace,) = [p for p in ops_cmds.gc.params if p.name == "grace"]
+    assert grace.default == ops.DEFAULT_GRACE_SECONDS == ops.gc.__kwdefaults__["grace_seconds"]
 
 
 def test_loading_the_cli_imports_no_database_or_ml_library() -> None:

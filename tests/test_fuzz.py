@@ -182,7 +182,7 @@ def adapter_configs(draw: st.DrawFn) -> bytes:
         return draw(mutated(VALID_CONFIG))
     config: dict[str, Any] = json.loads(VALID_CONFIG)
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        key = draw(st.sampled_from(sorted(config) + ["r", "target_modules", "rank_pattern", "encoder_hidden_size"]))
+        key = draw(st.sampled_from([*sorted(config), "r", "target_modules", "rank_pattern", "encoder_hidden_size"]))
         if draw(st.booleans()):
             config.pop(key, None)
         else:
@@ -254,7 +254,7 @@ def manifests(draw: st.DrawFn) -> bytes:
                     break
         if not isinstance(holder, dict):
             continue
-        key = draw(st.sampled_from(sorted(holder) + ["extra"]))
+        key = draw(st.sampled_from([*sorted(holder), "extra"]))
         if draw(st.booleans()):
             holder.pop(key, None)
         else:
@@ -289,7 +289,7 @@ def test_valid_manifest_round_trips() -> None:
 # refs and names
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-name_chars = st.sampled_from(list("abcXYZ019._-/@:\\ \n\t\x00\x7f\u00b2\u0663\u202e") + ["sha256:", "..", "@1", "@prod"])
+name_chars = st.sampled_from([*list("abcXYZ019._-/@:\\ \n\t\x00\x7f²٣\u202e"), "sha256:", "..", "@1", "@prod"])
 ref_like = st.lists(name_chars, max_size=20).map("".join) | st.text(max_size=40)
 
 

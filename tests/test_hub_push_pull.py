@@ -23,6 +23,7 @@ from ops_support import switch_home
 
 from registry import catalogue, hub
 from registry.adapters import manifest
+from registry.cli.inputs import parse_eval
 from registry.errors import (
     AdapterNotFoundError,
     HubError,
@@ -58,7 +59,7 @@ def publish_pair(prompt_tuning_random: Path, prompt_tuning_text: Path, dataset: 
         options=catalogue.PublishOptions(
             base_model_info=BASE,
             dataset=dataset,
-            evals=[catalogue.parse_eval("eval_loss=2.5"), catalogue.parse_eval(f"accuracy=0.75@{dataset}")],
+            evals=[parse_eval("eval_loss=2.5"), parse_eval(f"accuracy=0.75@{dataset}")],
             template=TEMPLATE,
             description="motivational coach | v1",
             tags={"team": "search"},
@@ -204,7 +205,7 @@ def test_a_tag_holding_another_version_is_never_moved(
     a = catalogue.publish(prompt_tuning_random, "local/a").version.ref
     b = catalogue.publish(prompt_tuning_text, "local/b").version.ref
     hub.push(a, REPO, endpoint=hub_server.url)
-    with pytest.raises(HubError, match="tag v1 of team/coach .* already holds another version"):
+    with pytest.raises(HubError, match=r"tag v1 of team/coach .* already holds another version"):
         hub.push(b, REPO, endpoint=hub_server.url)
     assert catalogue.get_version(b).hub_copies == ()
 
@@ -599,7 +600,7 @@ def test_over_long_manifest_text_is_refused_naming_the_field(
 
 def test_over_long_eval_split_in_a_hub_record_is_refused(prompt_tuning_random: Path) -> None:
     version = catalogue.publish(
-        prompt_tuning_random, REPO, options=catalogue.PublishOptions(evals=[catalogue.parse_eval("eval_loss=2.5")])
+        prompt_tuning_random, REPO, options=catalogue.PublishOptions(evals=[parse_eval("eval_loss=2.5")])
     ).version
 
     def split(size: int):  # type: ignore[no-untyped-def]

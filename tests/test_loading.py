@@ -187,7 +187,7 @@ def test_confirm_applied_catches_tensors_that_differ(prompt_tuning_random: Path,
     stored = load_file(str(prompt_tuning_random / "adapter_model.safetensors"))
     loading.confirm_applied(model, "a", stored, "pt")  # the real thing passes
     stored["prompt_embeddings"] = stored["prompt_embeddings"] + 1e-3
-    with pytest.raises(IncompatibleError, match="adapter-not-applied|differs from the stored"):
+    with pytest.raises(IncompatibleError, match=r"adapter-not-applied|differs from the stored"):
         loading.confirm_applied(model, "a", stored, "pt")
     with pytest.raises(IncompatibleError, match="missing from the model"):
         loading.confirm_applied(model, "a", {"base_model.model.x.lora_A.weight": stored["prompt_embeddings"]}, "pt")
@@ -211,7 +211,7 @@ def test_load_many_switches_between_adapters(kind: str, request: pytest.FixtureR
     many = loading.load_many(refs, causal_lm(tiny_bloom))
     assert set(many.peft_config) == set(names) and many.active_adapter == names[0]
     outputs = {}
-    for name, ref, directory in zip(names, refs, (first, second)):
+    for name, ref, directory in zip(names, refs, (first, second), strict=True):
         many.set_adapter(name)
         alone = loading.load(ref, causal_lm(tiny_bloom))
         torch.testing.assert_close(last_logits(many, tiny_bloom), last_logits(alone, tiny_bloom))

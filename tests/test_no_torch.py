@@ -11,12 +11,12 @@ import pytest
 from adapter_files import write_prompt_adapter
 
 HEAVY = ("torch", "transformers", "peft")
-PROBE = """
+PROBE = f"""
 import json, sys
 from registry.cli.main import run
 code = run(sys.argv[1:])
-print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}), file=sys.stderr)
-""" % (HEAVY,)
+print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}), file=sys.stderr)
+"""
 
 
 def run_fresh(*argv: str) -> dict[str, object]:

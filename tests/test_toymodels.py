@@ -28,6 +28,7 @@ from safetensors.numpy import load_file
 
 from registry.demo import toymodels
 from registry.errors import InvalidBaseModelError, UsageError
+from registry.ml import data
 
 # tiny models never touch the catalogue: run once, in the SQLite half.
 pytestmark = pytest.mark.backend_independent
@@ -185,7 +186,7 @@ def test_make_base_model_rejects_bad_arguments(tmp_path: Path, tiny_tokenizer: P
         toymodels.make_base_model(tmp_path / "z", vocab_size=10, tokenizer_dir=tiny_tokenizer)
     with pytest.raises(UsageError, match="num_kv_heads"):
         toymodels.make_base_model(tmp_path / "w", arch="bloom", num_kv_heads=2, tokenizer_dir=tiny_tokenizer)
-    with pytest.raises(UsageError, match="tokenizer.json"):
+    with pytest.raises(UsageError, match=r"tokenizer\.json"):
         toymodels.make_base_model(tmp_path / "v", tokenizer_dir=tmp_path)
     # Nothing half-made is left behind (the vocab check fails after the tokenizer was copied).
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -304,7 +305,9 @@ def test_training_lowers_held_out_loss_deterministically(tmp_path: Path, tiny_bl
 
 def test_prompt_completion_masks_the_prompt(tiny_bloom: Path) -> None:
     tok = toymodels.load_tokenizer(tiny_bloom)
-    [(ids, labels)] = toymodels._encode_examples([{"prompt": "Human: hi\n", "completion": "Hello."}], tok, seq2seq=False, max_length=64)
+    examples = toymodels.to_examples([{"prompt": "Human: hi\n", "completion": "Hello."}])
+    [encoded], _ = data.encode_examples(examples, tok, template=None, seq2seq=False, max_length=64)
+    ids, labels = encoded.input_ids, encoded.labels
     n_prompt = len(tok("Human: hi\n")["input_ids"])
     assert labels[:n_prompt] == [-100] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tok.eos_token_id

@@ -139,7 +139,7 @@ def test_prompt_completion_masks_the_prompt(tiny_bloom: Path, dialogues: Path) -
     template = "Human: {prompt}\n\nAssistant: "
     encoded, dropped = training.encode_examples(data.examples, tok, template=template, max_length=256, seq2seq=False)
     assert dropped == 0 and len(encoded) == 16
-    for ex, enc in zip(data.examples, encoded):
+    for ex, enc in zip(data.examples, encoded, strict=True):
         head = tok(template.replace("{prompt}", ex.prompt or ""))["input_ids"]
         tail = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         assert enc.input_ids == head + tail

@@ -10,20 +10,17 @@ without reading its weights:
 - the tokenizer digest: sha256 of the ``sha256sum``-style listing of the tokenizer files present
   (:data:`TOKENIZER_FILES`; ``tokenizer_config.json`` is left out because every transformers release
   rewrites it without changing how text is tokenized);
-- the **embedding fingerprint** (:func:`embedding_fingerprint`): sha256 over a scheme tag, the
-  input-embedding matrix's shape, and a fixed strided sample of :data:`FINGERPRINT_ROWS` rows,
-  read by byte offset (about 1 MB of a 1 GB matrix). The rows are hashed as little-endian float32:
-  fp16 and bf16 values widen to float32 exactly, so a checkpoint stored in bf16 and the same model
-  loaded into memory as float32 have the same fingerprint, while any change of a sampled value
-  (other weights, a resized vocabulary, a lossy cast) changes it.
+- the **embedding fingerprint** (:mod:`registry.adapters.fingerprint`): sha256 over a scheme tag,
+  the input-embedding matrix's shape, and a fixed strided sample of rows read by byte offset.
 
 From a local directory everything is read from disk, and the fingerprint and tokenizer-file digests
 are cached per ``(path, size, mtime)`` under ``$SPR_HOME/cache/``. From a Hub repo ``REPO[@REV]``
 the revision is pinned to its commit sha, ``config.json`` and the tokenizer files' digests come from
 the Hub's metadata (LFS oids) or small downloads, and the safetensors headers and fingerprint rows
-are read with HTTP range requests: no weight file is downloaded. The endpoint is always passed
-explicitly (``registry.settings.hub_endpoint()``), never taken from what ``huggingface_hub`` read
-at import time.
+are read with HTTP range requests: no weight file is downloaded. That remote reading lives in the
+Hub room (:mod:`registry.hub.remote_base`, on the one Hub client); :func:`identify` and
+:func:`inspect` call into it, imported inside the function, for a ``REPO[@REV]`` spec. This module
+keeps local reading and the pieces both share (config facts, shard indexes, finding the embedding).
 
 :func:`identify` returns the catalogue's :class:`~registry.types.BaseModelInfo`; :func:`inspect`
 returns :class:`BaseModelFacts`, which adds what compatibility checks need (the raw config, every
@@ -32,53 +29,34 @@ weight tensor's shape) and how many bytes of weight files were read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import struct
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import numpy as np
-
-from registry import settings
-from registry.adapters.tensorfile import (
-    ITEMSIZE,
-    MAX_HEADER_BYTES,
-    SafetensorsHeader,
-    TensorInfo,
-    parse_header_bytes,
-    read_header,
+from registry.adapters.fingerprint import (
+    FINGERPRINT_ROWS,
+    FINGERPRINT_SCHEME,
+    ROW_DTYPES,
+    cached_file_sha256,
+    cached_local_fingerprint,
+    embedding_fingerprint,
+    fingerprint_of_rows,
+    rows_to_f32_bytes,
+    sample_row_indices,
 )
-from registry.digest import (
-    PREFIX,
-    canonical_json,
-    parse_json_object,
-    sha256_bytes,
-    sha256_file,
-)
-from registry.errors import (
-    HubError,
-    InvalidAdapterError,
-    InvalidBaseModelError,
-    NotFoundError,
-)
-from registry.storage.local import atomic_write_bytes
+from registry.adapters.tensorfile import SafetensorsHeader, TensorInfo, read_header
+from registry.digest import PREFIX, canonical_json, parse_json_object, sha256_bytes
+from registry.errors import InvalidAdapterError, InvalidBaseModelError
 from registry.types import AdapterFacts, BaseModelInfo
 
 MAX_CONFIG_BYTES = 5_000_000
 MAX_INDEX_BYTES = 50_000_000
 MAX_TOKENIZER_DOWNLOAD = 100_000_000
-FINGERPRINT_ROWS = 256
-# Over HTTP, rows closer than this are fetched in one request (bounded waste: 255 gaps at most).
-REMOTE_MAX_GAP = 16_384
-FINGERPRINT_SCHEME = "spr-embedding-fingerprint/v1"
-CACHE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 # Checkpoint files that are pickles (torch.save): never read, only named when refusing a base.
@@ -157,7 +135,9 @@ def identify(spec: str, *, resolve_remote: bool = True) -> BaseModelInfo:
     name, revision = parse_repo_spec(spec)
     if not resolve_remote:
         return BaseModelInfo(name=name, revision=revision, source="hub")
-    return from_hub(name, revision).info
+    from registry.hub import remote_base  # the Hub room reads remote bases through its one client
+
+    return remote_base.inspect_base(name, revision).info
 
 
 def inspect(spec: str) -> BaseModelFacts:
@@ -169,7 +149,9 @@ def inspect(spec: str) -> BaseModelFacts:
     if path.is_dir():
         return inspect_directory(path)
     name, revision = parse_repo_spec(spec)
-    return from_hub(name, revision)
+    from registry.hub import remote_base  # the Hub room reads remote bases through its one client
+
+    return remote_base.inspect_base(name, revision)
 
 
 def parse_repo_spec(spec: str) -> tuple[str, str | None]:
@@ -205,15 +187,15 @@ def inspect_directory(path: Path) -> BaseModelFacts:
     name, revision = _name_and_revision(root)
     reader = _LocalReader(root)
     headers = _local_headers(root, reader)
-    tensors = _tensor_shapes(headers)
+    tensors = tensor_shapes(headers)
     fingerprint = None
     emb_name = None
     if headers:
         located = find_embedding(headers, config)
         if located is not None:
-            file_name, info = located
-            emb_name = info.name
-            fingerprint = _cached_local_fingerprint(root / file_name, info, reader)
+            file_name, emb_info = located
+            emb_name = emb_info.name
+            fingerprint = cached_local_fingerprint(root / file_name, emb_info, reader.count)
     info = BaseModelInfo(
         name=name,
         revision=revision,
@@ -299,16 +281,18 @@ def read_config(path: Path) -> dict[str, Any]:
         )
     if config_path.stat().st_size > MAX_CONFIG_BYTES:
         raise InvalidBaseModelError(f"{config_path} is too large to be a model config", hint="check the path")
-    return _parse_config(config_path.read_bytes(), str(config_path))
+    return parse_config_bytes(config_path.read_bytes(), str(config_path))
 
 
-def _parse_config(data: bytes, where: str) -> dict[str, Any]:
+def parse_config_bytes(data: bytes, where: str) -> dict[str, Any]:
+    """``config.json`` bytes parsed into a dict; raise :class:`InvalidBaseModelError` when malformed."""
     return parse_json_object(data, where, InvalidBaseModelError, hint="re-save the base model")
 
 
 def config_facts(config: Mapping[str, Any]) -> dict[str, Any]:
     """Architecture facts from a transformers config dict (any model family)."""
-    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    nested = config.get("text_config")
+    text_config: Mapping[str, Any] = nested if isinstance(nested, dict) else config
 
     def first(*keys: str) -> int | None:
         for key in keys:
@@ -414,7 +398,7 @@ def _local_headers(root: Path, reader: _LocalReader) -> dict[str, SafetensorsHea
         if index.is_file():
             if index.stat().st_size > MAX_INDEX_BYTES:
                 raise InvalidBaseModelError(f"{index} is too large to be a shard index", hint="check the directory")
-            shards = _shards_from_index(index.read_bytes(), str(index))
+            shards = shards_from_index(index.read_bytes(), str(index))
             headers = {}
             for shard in shards:
                 shard_path = _inside(root, shard, str(index))
@@ -435,7 +419,8 @@ def _local_headers(root: Path, reader: _LocalReader) -> dict[str, SafetensorsHea
     return {}
 
 
-def _shards_from_index(data: bytes, where: str) -> list[str]:
+def shards_from_index(data: bytes, where: str) -> list[str]:
+    """The shard file names of a ``model.safetensors.index.json`` (names checked: no ``..``, no absolute)."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, huge ints
@@ -457,7 +442,8 @@ def _inside(root: Path, rel: str, where: str) -> Path:
     return path
 
 
-def _tensor_shapes(headers: Mapping[str, SafetensorsHeader]) -> dict[str, tuple[int, ...]] | None:
+def tensor_shapes(headers: Mapping[str, SafetensorsHeader]) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor name -> shape across ``headers``; None when there are none."""
     if not headers:
         return None
     shapes: dict[str, tuple[int, ...]] = {}
@@ -482,14 +468,14 @@ def find_embedding(
     hidden, vocab = facts["hidden_size"], facts["vocab_size"]
 
     def fits(t: TensorInfo) -> bool:
-        if len(t.shape) != 2 or t.dtype not in _ROW_DTYPES or t.shape[0] == 0:
+        if len(t.shape) != 2 or t.dtype not in ROW_DTYPES or t.shape[0] == 0:
             return False
         return hidden is None or t.shape[1] == hidden
 
     candidates: list[tuple[int, int, str, str, TensorInfo]] = []
     for file_name, header in headers.items():
         for name, t in header.tensors.items():
-            for rank, suffix in enumerate(EMBEDDING_NAMES):
+            for suffix in EMBEDDING_NAMES:
                 if suffix in _NOT_EMBEDDINGS:
                     continue
                 if (name == suffix or name.endswith("." + suffix)) and fits(t):
@@ -513,168 +499,6 @@ def find_embedding(
 
 
 # ---------------------------------------------------------------------------------------------
-# The fingerprint
-# ---------------------------------------------------------------------------------------------
-
-_ROW_DTYPES = {"F16", "BF16", "F32", "F64"}
-
-
-def sample_row_indices(n_rows: int, k: int = FINGERPRINT_ROWS) -> list[int]:
-    """The fixed strided sample: ``k`` rows spread evenly from row 0 (all rows when fewer)."""
-    if n_rows <= k:
-        return list(range(n_rows))
-    return [i * n_rows // k for i in range(k)]
-
-
-def fingerprint_of_rows(shape: tuple[int, int], rows: np.ndarray | Any) -> str:
-    """``sha256:<hex>`` over the scheme, the matrix shape and the sampled rows as little-endian float32."""
-    import numpy as np
-
-    data = np.ascontiguousarray(rows, dtype="<f4")
-    return _fingerprint_of_f32_bytes(shape, len(data), data.tobytes())
-
-
-def _fingerprint_of_f32_bytes(shape: tuple[int, int], n_rows: int, data: bytes) -> str:
-    h = hashlib.sha256()
-    h.update(f"{FINGERPRINT_SCHEME}\nshape={shape[0]}x{shape[1]}\nrows={n_rows}\ndtype=F32\n".encode())
-    h.update(data)
-    return PREFIX + h.hexdigest()
-
-
-def rows_to_f32_bytes(raw: bytes, dtype: str) -> bytes:
-    """Row bytes of a safetensors dtype as little-endian float32 bytes (exact for F16 and BF16).
-
-    F32 and BF16 need no numpy (F32 is already the target; a BF16 value is the upper half of a
-    float32), which keeps numpy's import out of ``spr verify`` for most checkpoints.
-    """
-    if dtype == "F32":
-        return raw
-    if dtype == "BF16":
-        out = bytearray(len(raw) * 2)
-        out[2::4] = raw[0::2]
-        out[3::4] = raw[1::2]
-        return bytes(out)
-    import numpy as np
-
-    if dtype == "F16":
-        return np.frombuffer(raw, dtype="<f2").astype("<f4").tobytes()
-    if dtype == "F64":
-        return np.frombuffer(raw, dtype="<f8").astype("<f4").tobytes()
-    raise InvalidBaseModelError(f"cannot fingerprint an embedding of dtype {dtype}", hint="re-save the model in float")
-
-
-def embedding_fingerprint(
-    read: Callable[[int, int], bytes], info: TensorInfo, *, threads: int = 1, max_gap: int = 0
-) -> str:
-    """Fingerprint the embedding ``info``, reading the sampled rows with ``read(offset, length)``.
-
-    Rows closer than ``max_gap`` bytes are fetched in one read (worth it over HTTP, where each
-    request costs a round trip; a small vocabulary then takes a handful of requests instead of 256).
-    """
-    n_rows, width = info.shape
-    row_bytes = width * ITEMSIZE[info.dtype]
-    offsets = [info.begin + i * row_bytes for i in sample_row_indices(n_rows)]
-    spans: list[list[int]] = []  # [start, end] of each read
-    for off in offsets:
-        if spans and off - spans[-1][1] <= max_gap:
-            spans[-1][1] = off + row_bytes
-        else:
-            spans.append([off, off + row_bytes])
-
-    def fetch(span: list[int]) -> bytes:
-        data = read(span[0], span[1] - span[0])
-        if len(data) != span[1] - span[0]:
-            raise InvalidBaseModelError(
-                f"the embedding tensor {info.name!r} is truncated (a read returned {len(data)} of {span[1] - span[0]} bytes)",
-                hint="the weight file is incomplete; download it again",
-            )
-        return data
-
-    if threads > 1 and len(spans) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            blocks = list(pool.map(fetch, spans))
-    else:
-        blocks = [fetch(span) for span in spans]
-    chunks = []
-    k = 0
-    for (start, end), block in zip(spans, blocks):
-        while k < len(offsets) and offsets[k] + row_bytes <= end:
-            rel = offsets[k] - start
-            chunks.append(block[rel : rel + row_bytes])
-            k += 1
-    return _fingerprint_of_f32_bytes((n_rows, width), len(chunks), rows_to_f32_bytes(b"".join(chunks), info.dtype))
-
-
-def _local_fingerprint(path: Path, info: TensorInfo, reader: _LocalReader) -> str:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        def read_row(offset: int, length: int) -> bytes:
-            data = os.pread(fd, length, offset)
-            reader.count(len(data))
-            return data
-
-        return embedding_fingerprint(read_row, info)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache: $SPR_HOME/cache/<kind>/<sha256 of key>.json, keyed by (path, size, mtime)
-# ---------------------------------------------------------------------------------------------
-
-
-def _cache_dir(kind: str) -> Path:
-    return settings.home() / "cache" / kind
-
-
-def _stat_key(path: Path, extra: str) -> str:
-    st = path.stat()
-    return f"v{CACHE_VERSION}\0{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}"
-
-
-def _cache_get(kind: str, key: str, pattern: str) -> str | None:
-    entry = _cache_dir(kind) / (sha256_bytes(key.encode()) + ".json")
-    try:
-        doc = json.loads(entry.read_bytes()[:10_000])
-    except (OSError, ValueError):
-        return None
-    value = doc.get("value") if isinstance(doc, dict) and doc.get("key") == key else None
-    return value if isinstance(value, str) and re.fullmatch(pattern, value) else None
-
-
-def _cache_put(kind: str, key: str, value: str) -> None:
-    directory = _cache_dir(kind)
-    try:
-        atomic_write_bytes(
-            directory / (sha256_bytes(key.encode()) + ".json"), json.dumps({"key": key, "value": value}).encode()
-        )
-    except OSError:
-        pass  # a read-only home only costs the next call a re-read
-
-
-def _cached_local_fingerprint(path: Path, info: TensorInfo, reader: _LocalReader) -> str:
-    key = _stat_key(path, f"{FINGERPRINT_SCHEME}\0{info.name}\0{info.begin}")
-    cached = _cache_get("embedding-fingerprint", key, r"sha256:[0-9a-f]{64}")
-    if cached is not None:
-        return cached
-    value = _local_fingerprint(path, info, reader)
-    _cache_put("embedding-fingerprint", key, value)
-    return value
-
-
-def _cached_file_sha256(path: Path) -> str:
-    key = _stat_key(path, "sha256")
-    cached = _cache_get("file-sha256", key, r"[0-9a-f]{64}")
-    if cached is not None:
-        return cached
-    value, _ = sha256_file(path)
-    _cache_put("file-sha256", key, value)
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
 # Tokenizer digest
 # ---------------------------------------------------------------------------------------------
 
@@ -692,264 +516,19 @@ def _local_tokenizer_digest(root: Path) -> str | None:
     for name in TOKENIZER_FILES:
         path = root / name
         if path.is_file():
-            listing[name] = _cached_file_sha256(path)
+            listing[name] = cached_file_sha256(path)
     return tokenizer_digest_of(listing)
 
 
-# ---------------------------------------------------------------------------------------------
-# Hub: metadata, ranged header reads and ranged fingerprint rows; never a weight download
-# ---------------------------------------------------------------------------------------------
-
-
-def from_hub(repo_id: str, revision: str | None = None, *, endpoint: str | None = None, threads: int = 16) -> BaseModelFacts:
-    """Identify ``repo_id`` at ``revision`` (default ``main``) on the Hub without downloading weights.
-
-    Pins the revision to its commit sha; downloads ``config.json``, the shard index and the
-    non-LFS tokenizer files (small); reads each safetensors header and the fingerprint rows with
-    HTTP range requests. Raises :class:`NotFoundError` for a missing repo or revision,
-    :class:`HubError` when the Hub fails or cannot be reached, and
-    :class:`InvalidBaseModelError` for malformed files.
-    """
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    ep = settings.hub_endpoint(endpoint)
-    token = settings.hub_token()
-    api = HfApi(endpoint=ep, token=token)
-    where = f"{repo_id}@{revision or 'main'} on {ep}"
-    try:
-        info = api.model_info(repo_id, revision=revision, files_metadata=True)
-        commit = info.sha
-        if not commit:
-            raise HubError(f"{where}: the Hub did not report a commit sha", hint="check the endpoint")
-        siblings = {s.rfilename: s for s in (info.siblings or [])}
-
-        def download(filename: str, limit: int) -> bytes:
-            sibling = siblings.get(filename)
-            if sibling is not None and sibling.size is not None and sibling.size > limit:
-                raise InvalidBaseModelError(f"{where}: {filename} is {sibling.size} bytes (limit {limit})", hint="check the repo")
-            local = hf_hub_download(repo_id, filename, revision=commit, endpoint=ep, token=token)
-            return Path(local).read_bytes()
-
-        if "config.json" not in siblings:
-            raise InvalidBaseModelError(f"{where} has no config.json", hint="pass a transformers model repo")
-        config = _parse_config(download("config.json", MAX_CONFIG_BYTES), f"{where}/config.json")
-        remote = _RemoteFiles(repo_id, commit, ep, token, where)
-        headers: dict[str, SafetensorsHeader] = {}
-        if WEIGHTS_INDEX in siblings:
-            shards = _shards_from_index(download(WEIGHTS_INDEX, MAX_INDEX_BYTES), f"{where}/{WEIGHTS_INDEX}")
-            for shard in shards:
-                headers[shard] = remote.header(shard)
-        elif WEIGHTS_FILE in siblings:
-            headers[WEIGHTS_FILE] = remote.header(WEIGHTS_FILE)
-        fingerprint = None
-        emb_name = None
-        if headers:
-            located = find_embedding(headers, config)
-            if located is not None:
-                file_name, tinfo = located
-                emb_name = tinfo.name
-                fingerprint = embedding_fingerprint(remote.row_reader(file_name), tinfo, threads=threads, max_gap=REMOTE_MAX_GAP)
-        listing: dict[str, str] = {}
-        for name in TOKENIZER_FILES:
-            sibling = siblings.get(name)
-            if sibling is None:
-                continue
-            lfs = getattr(sibling, "lfs", None)
-            sha = getattr(lfs, "sha256", None) if lfs is not None else None
-            if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha):
-                listing[name] = sha  # the LFS oid is the file's sha256: no download needed
-            else:
-                listing[name] = sha256_bytes(download(name, MAX_TOKENIZER_DOWNLOAD))
-    except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise NotFoundError(
-            f"base model repo {repo_id!r} was not found on {ep} (or is private or gated)",
-            hint="check the repo id, and set HF_TOKEN if it is private",
-        ) from exc
-    except RevisionNotFoundError as exc:
-        raise NotFoundError(
-            f"base model repo {repo_id!r} has no revision {revision!r} on {ep}",
-            hint="pass a branch, tag or commit sha that exists",
-        ) from exc
-    except EntryNotFoundError as exc:
-        raise InvalidBaseModelError(
-            f"{where}: a file listed by the Hub could not be fetched ({settings.redact_token(str(exc))[:200]})", hint="check the repo"
-        ) from exc
-    except HfHubHTTPError as exc:
-        # Redact before truncating: a server may echo the Authorization header it was sent.
-        raise HubError(
-            f"the Hub at {ep} failed while identifying {repo_id!r}: {settings.redact_token(str(exc))[:200]}",
-            hint="retry, or check HF_ENDPOINT and HF_TOKEN",
-        ) from exc
-    except OSError as exc:
-        raise HubError(
-            f"cannot reach the Hub at {ep} to identify {repo_id!r} ({type(exc).__name__}: {settings.redact_token(str(exc))[:120]})",
-            hint="check the network and HF_ENDPOINT, or pass a local directory holding the model",
-        ) from exc
-    except InvalidAdapterError as exc:
-        raise InvalidBaseModelError(exc.message, hint=exc.hint) from None
-    except Exception as exc:  # httpx transport errors do not derive from OSError
-        if type(exc).__module__.startswith(("httpx", "httpcore")):
-            raise HubError(
-                f"cannot reach the Hub at {ep} to identify {repo_id!r} ({type(exc).__name__}: {settings.redact_token(str(exc))[:120]})",
-                hint="check the network and HF_ENDPOINT, or pass a local directory holding the model",
-            ) from exc
-        raise
-    base_info = BaseModelInfo(
-        name=repo_id,
-        revision=commit,
-        source="hub",
-        embedding_fingerprint=fingerprint,
-        tokenizer_digest=tokenizer_digest_of(listing),
-        **config_facts(config),
-    )
-    return BaseModelFacts(
-        info=base_info, config=config, tensors=_tensor_shapes(headers), embedding_tensor=emb_name, bytes_read=remote.bytes_read
-    )
-
-
-def _read_bounded(response: Any, limit: int) -> bytes:
-    """At most ``limit`` bytes of a streamed response's body: stops reading once it has them."""
-    chunks: list[bytes] = []
-    have = 0
-    for chunk in response.iter_bytes():
-        chunks.append(chunk[: limit - have])
-        have += len(chunks[-1])
-        if have >= limit:
-            break
-    return b"".join(chunks)
-
-
-class _RemoteFiles:
-    """Ranged reads of files of one repo at one commit, through huggingface_hub's HTTP session."""
-
-    def __init__(self, repo_id: str, commit: str, endpoint: str, token: str | None, where: str) -> None:
-        self.repo_id = repo_id
-        self.commit = commit
-        self.endpoint = endpoint
-        self.token = token
-        self.where = where
-        self.bytes_read = 0
-        self._lock = threading.Lock()
-        self._locations: dict[str, tuple[str, dict[str, str]]] = {}
-
-    def _location(self, filename: str) -> tuple[str, dict[str, str]]:
-        """Resolve redirects once per file, so the many row reads go straight to the bytes."""
-        if filename in self._locations:
-            return self._locations[filename]
-        from urllib.parse import urljoin, urlsplit
-
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import (
-            build_hf_headers,
-            get_session,
-            hf_raise_for_status,
-        )
-
-        url = hf_hub_url(self.repo_id, filename, revision=self.commit, endpoint=self.endpoint)
-        headers = build_hf_headers(token=self.token)
-        response = get_session().head(url, headers=headers, follow_redirects=False, timeout=30)
-        location, final_headers = url, headers
-        if response.is_redirect and "location" in response.headers:
-            location = urljoin(url, response.headers["location"])
-            if urlsplit(location).netloc != urlsplit(url).netloc:
-                # Never send the token to another host (a CDN); signed URLs need none.
-                final_headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        else:
-            hf_raise_for_status(response)
-        self._locations[filename] = (location, final_headers)
-        return location, final_headers
-
-    def read(self, filename: str, start: int, length: int) -> bytes:
-        """Bytes ``[start, start+length)`` of ``filename`` (fewer only where the file ends first).
-
-        Reads at most ``length`` bytes of the body and then closes the connection, so a hostile
-        server answering with an endless body costs no more memory than the range asked for.
-        Raises :class:`HubError` when the server ignores Range, answers a range other than the one
-        asked for (``Content-Range``), or sends fewer bytes than it declared.
-        """
-        from huggingface_hub.utils import get_session, hf_raise_for_status
-
-        if length <= 0:
-            return b""
-        url, headers = self._location(filename)
-        last = start + length - 1
-        with get_session().stream("GET", url, headers={**headers, "range": f"bytes={start}-{last}"}, timeout=60) as response:
-            if response.status_code == 200:
-                raise HubError(
-                    f"{self.where}: the server ignored a Range request for {filename}",
-                    hint="spr reads base models on the Hub by range requests only; use a server that supports them",
-                )
-            if response.status_code != 206:
-                # An error answer's body is read only as far as an error message needs, never unbounded.
-                import httpx2
-
-                body = _read_bounded(response, 64_000)
-                plain = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")}
-                hf_raise_for_status(httpx2.Response(response.status_code, headers=plain, content=body, request=response.request))
-                raise HubError(
-                    f"{self.where}: the server answered {response.status_code} to a Range request for {filename}",
-                    hint="spr reads base models on the Hub by range requests only; use a server that supports them",
-                )
-            expected = self._expected_length(response, filename, start, last)
-            data = _read_bounded(response, expected)
-            # Leaving the block closes the response: whatever the server still sends is never read.
-        if len(data) < expected:
-            raise HubError(
-                f"{self.where}: the server sent {len(data)} of the {expected} bytes it promised for {filename} "
-                f"(range {start}-{last})",
-                hint="retry; if it persists, check the server",
-            )
-        with self._lock:
-            self.bytes_read += len(data)
-        return data
-
-    def _expected_length(self, response: Any, filename: str, start: int, last: int) -> int:
-        """How many body bytes a 206 answer to ``bytes=start-last`` must carry (at most the range)."""
-        wanted = last - start + 1
-        content_range = response.headers.get("content-range")
-        if content_range is not None:
-            m = re.fullmatch(r"\s*bytes\s+(\d{1,20})-(\d{1,20})/(?:\d{1,20}|\*)\s*", content_range)
-            if m is None or int(m.group(1)) != start or not start <= int(m.group(2)) <= last:
-                raise HubError(
-                    f"{self.where}: asked for bytes {start}-{last} of {filename}, "
-                    f"the server answered Content-Range {content_range[:80]!r}",
-                    hint="spr reads base models on the Hub by range requests only; use a server that honours them",
-                )
-            return int(m.group(2)) - start + 1
-        content_length = response.headers.get("content-length")
-        if content_length is not None and content_length.strip().isdigit():
-            return min(int(content_length), wanted)
-        return wanted
-
-    def header(self, filename: str) -> SafetensorsHeader:
-        where = f"{self.where}/{filename}"
-        first = self.read(filename, 0, 100_000)
-        if len(first) < 8:
-            raise InvalidBaseModelError(f"{where}: truncated safetensors file", hint="check the repo")
-        (header_length,) = struct.unpack("<Q", first[:8])
-        if header_length > MAX_HEADER_BYTES:
-            raise InvalidBaseModelError(
-                f"{where}: safetensors header length {header_length} exceeds {MAX_HEADER_BYTES}", hint="check the repo"
-            )
-        raw = first[8 : 8 + header_length]
-        if len(raw) < header_length:
-            raw = self.read(filename, 8, header_length)
-        if len(raw) != header_length:
-            raise InvalidBaseModelError(f"{where}: truncated safetensors header", hint="check the repo")
-        return parse_header_bytes(raw, header_length, None, where)
-
-    def row_reader(self, filename: str) -> Callable[[int, int], bytes]:
-        return lambda offset, length: self.read(filename, offset, length)
-
-
 __all__: Sequence[str] = (
+    "FINGERPRINT_ROWS",
+    "FINGERPRINT_SCHEME",
+    "MAX_CONFIG_BYTES",
+    "MAX_INDEX_BYTES",
+    "MAX_TOKENIZER_DOWNLOAD",
+    "TOKENIZER_FILES",
+    "WEIGHTS_FILE",
+    "WEIGHTS_INDEX",
     "BaseModelFacts",
     "config_facts",
     "embedding_fingerprint",
@@ -957,14 +536,17 @@ __all__: Sequence[str] = (
     "fingerprint_of_rows",
     "from_adapter",
     "from_directory",
-    "from_hub",
     "from_model",
     "identify",
     "inspect",
     "inspect_directory",
+    "parse_config_bytes",
     "parse_repo_spec",
     "read_config",
     "require_safetensors",
+    "rows_to_f32_bytes",
     "sample_row_indices",
+    "shards_from_index",
+    "tensor_shapes",
     "tokenizer_digest_of",
 )

@@ -33,7 +33,7 @@ COMPANION_FILES = (
     "chat_template.jinja",
 )
 PROMPT_LEARNING_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
-SUPPORTED_TYPES = PROMPT_LEARNING_TYPES + ("LORA",)
+SUPPORTED_TYPES = (*PROMPT_LEARNING_TYPES, "LORA")
 TASK_TYPES = (
     "CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION",
 )
@@ -291,7 +291,7 @@ def _check_tensors(facts: AdapterFacts, weights_path: Path) -> None:
                     f"LoRA tensor {t.name!r} has rank {rank} but the config says r={facts.lora_r}",
                     "the config and the weights come from different adapters; re-save the adapter",
                 )
-    if facts.target_modules and len(facts.target_modules) and not facts.config.get("target_modules") == "all-linear":
+    if facts.target_modules and len(facts.target_modules) and facts.config.get("target_modules") != "all-linear":
         adapted = {t.name.split(".lora_")[0].rsplit(".", 1)[-1] for t in lora}
         if not any(m in adapted for m in facts.target_modules) and not any(
             any(m in t.name for m in facts.target_modules) for t in lora

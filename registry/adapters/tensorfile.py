@@ -15,10 +15,12 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
+import itertools
 
 from registry.digest import parse_json_object
 from registry.errors import InvalidAdapterError
@@ -89,7 +91,7 @@ def parse_header_bytes(raw: bytes, header_length: int, file_size: int | None, wh
         tensors[name] = info = _tensor_info(name, entry, data_start, data_size, where)
         spans.append((info.begin, info.end, name))
     spans.sort()
-    for (b1, e1, n1), (b2, _e2, n2) in zip(spans, spans[1:]):
+    for (_b1, e1, n1), (b2, _e2, n2) in itertools.pairwise(spans):
         if b2 < e1:
             raise InvalidAdapterError(
                 f"{where}: tensors {n1!r} and {n2!r} overlap in the data buffer",
@@ -160,6 +162,7 @@ def read_tensor(path: Path, info: TensorInfo) -> np.ndarray:
     """Read one tensor as a numpy array (BF16 comes back as its raw uint16 bits; F8 as uint8)."""
     import numpy as np
 
+    dtype: np.dtype[Any]
     if info.dtype == "BF16":
         dtype = np.dtype("<u2")
     elif info.dtype.startswith("F8"):

@@ -123,7 +123,7 @@ def _code(value: str | None) -> str:
 def _table(rows: list[tuple[str, str]]) -> list[str]:
     lines = ["| | |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _body(version: VersionInfo, repo_id: str) -> str:

@@ -61,8 +61,9 @@ from __future__ import annotations
 from registry.hubserver.app import LFS_MODES, LfsMode
 from registry.hubserver.auth import DEFAULT_USERNAME, TokenRegistry
 from registry.hubserver.errors import INVALID_CREDENTIALS_MESSAGE
+from registry.hubserver.records import RepoKey
 from registry.hubserver.server import HubServer, RequestRecord
-from registry.hubserver.storage import HubStorage, RepoKey
+from registry.hubserver.storage import HubStorage
 
 __all__ = [
     "DEFAULT_USERNAME",

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -34,14 +35,12 @@ from registry.hubserver.errors import (
     RepoNotFound,
     Unauthorized,
 )
-from registry.hubserver.storage import (
-    DEFAULT_BRANCH,
+from registry.hubserver.records import (
     Change,
     Commit,
     DeleteFile,
     DeleteFolder,
     FileEntry,
-    HubStorage,
     PutFile,
     RepoKey,
     RepoRecord,
@@ -50,6 +49,7 @@ from registry.hubserver.storage import (
     lfs_pointer,
     tree_items,
 )
+from registry.hubserver.storage import DEFAULT_BRANCH, HubStorage
 from registry.hubserver.validation import (
     API_PLURALS,
     URL_PREFIXES,
@@ -57,7 +57,7 @@ from registry.hubserver.validation import (
     validate_repo_path,
     validate_sha256,
 )
-from registry.hubserver.wire import FileBody, Request, Response
+from registry.hubserver.wire import FileBody, Request, Response, parse_range
 
 LfsMode = Literal["regular", "auto"]
 LFS_MODES: tuple[str, ...] = ("regular", "auto")
@@ -133,13 +133,13 @@ class HubApp:
         if n >= 1 and seg[0] in ("datasets", "spaces"):
             repo_type = API_PLURALS[seg[0]]
             rest = seg[1:]
-        if len(rest) == 6 and rest[1].endswith(".git") and rest[2:5] == ["info", "lfs", "objects"]:
-            if method == "POST" and rest[5] in ("batch", "verify"):
-                key = partial(self._key, repo_type, rest[0], rest[1][: -len(".git")])
-                pattern = f"/{{repo}}.git/info/lfs/objects/{rest[5]}"
-                if rest[5] == "batch":
-                    return Route(pattern, partial(self._lfs_batch, key=key))
-                return Route(pattern, partial(self._lfs_verify, key=key))
+        if (len(rest) == 6 and rest[1].endswith(".git") and rest[2:5] == ["info", "lfs", "objects"]
+                and method == "POST" and rest[5] in ("batch", "verify")):
+            key = partial(self._key, repo_type, rest[0], rest[1][: -len(".git")])
+            pattern = f"/{{repo}}.git/info/lfs/objects/{rest[5]}"
+            if rest[5] == "batch":
+                return Route(pattern, partial(self._lfs_batch, key=key))
+            return Route(pattern, partial(self._lfs_verify, key=key))
         if len(rest) >= 5 and rest[2] == "resolve" and method in ("GET", "HEAD"):
             key = partial(self._key, repo_type, rest[0], rest[1])
             return Route(
@@ -265,7 +265,12 @@ class HubApp:
         if not isinstance(name, str) or not isinstance(organization, str) or not isinstance(repo_type, str):
             raise BadRequest("'name', 'organization' and 'type' must be strings")
         key = RepoKey(repo_type, f"{organization}/{name}")
-        private = body.get("visibility") == "private" or body.get("private") is True
+        private_field, visibility = body.get("private"), body.get("visibility")
+        if private_field is not None and not isinstance(private_field, bool):
+            raise BadRequest(f"'private' must be true or false, not {json.dumps(private_field)[:40]}")
+        if visibility is not None and visibility not in ("public", "private"):
+            raise BadRequest("'visibility' must be 'public' or 'private'")
+        private = visibility == "private" or private_field is True
         url = repo_url(request.base_url, key)
         try:
             self.storage.create_repo(key, private=private, author=user)
@@ -422,28 +427,15 @@ class HubApp:
         repo = key()
         self._visible(repo, caller)
         _refuse_pull_requests(request)
-        header: dict[str, Any] | None = None
-        changes: list[Change] = []
-        for item in read_commit_items(request.body, self.storage):
-            if header is None:
-                if item.key != "header":
-                    raise BadRequest("the first line of a commit must be its header")
-                header = item.value
-            elif item.stored is not None:
-                changes.append(self._streamed_file(item.value, item.stored))
-            else:
-                changes.append(self._change(item.key, item.value))
-        if header is None:
-            raise BadRequest("empty commit payload")
-        parent = header.get("parentCommit")
-        if parent is not None and (not isinstance(parent, str) or not is_commit_sha(parent)):
-            raise BadRequest("'parentCommit' must be a 40-hex commit id")
-        summary, description = header.get("summary") or "", header.get("description") or ""
-        if not isinstance(summary, str) or not isinstance(description, str):
-            raise BadRequest("'summary' and 'description' must be strings")
-        commit = self.storage.commit(
-            repo, branch, changes, summary=summary, description=description, author=user, parent_commit=parent
-        )
+        stored: list[StoredObject] = []  # what this request put into (or found in) the object store
+        committed = False
+        try:
+            commit = self._apply_commit(request, repo, branch, user, stored)
+            committed = True
+        finally:
+            # A refused commit removes what it stored: otherwise any token holder could fill the
+            # disk with refused commits.
+            self.storage.release(stored, discard=not committed)
         return Response.json(
             {
                 "success": True,
@@ -454,13 +446,37 @@ class HubApp:
             }
         )
 
+    def _apply_commit(self, request: Request, repo: RepoKey, branch: str, user: str, stored: list[StoredObject]) -> Commit:
+        header: dict[str, Any] | None = None
+        changes: list[Change] = []
+        for item in read_commit_items(request.body, self.storage, stored):
+            if header is None:
+                if item.key != "header":
+                    raise BadRequest("the first line of a commit must be its header")
+                header = item.value
+            elif item.stored is not None:
+                changes.append(self._streamed_file(item.value, item.stored))
+            else:
+                changes.append(self._change(item.key, item.value, stored))
+        if header is None:
+            raise BadRequest("empty commit payload")
+        parent = header.get("parentCommit")
+        if parent is not None and (not isinstance(parent, str) or not is_commit_sha(parent)):
+            raise BadRequest("'parentCommit' must be a 40-hex commit id")
+        summary, description = header.get("summary") or "", header.get("description") or ""
+        if not isinstance(summary, str) or not isinstance(description, str):
+            raise BadRequest("'summary' and 'description' must be strings")
+        return self.storage.commit(
+            repo, branch, changes, summary=summary, description=description, author=user, parent_commit=parent
+        )
+
     def _streamed_file(self, value: dict[str, Any], stored: StoredObject) -> Change:
         path = validate_repo_path(value.get("path"))
         if value.get("encoding", "base64") != "base64":
             raise BadRequest(f"file {path!r}: only base64 encoding is supported")
         return PutFile(path, stored, lfs=False, oid=self.storage.content_git_sha1(stored.sha256))
 
-    def _change(self, kind: object, value: dict[str, Any]) -> Change:
+    def _change(self, kind: object, value: dict[str, Any], stored: list[StoredObject]) -> Change:
         if kind == "file":
             path = validate_repo_path(value.get("path"))
             if value.get("encoding", "base64") != "base64":
@@ -469,19 +485,21 @@ class HubApp:
                 data = base64.b64decode(str(value.get("content", "")), validate=True)
             except (binascii.Error, ValueError):
                 raise BadRequest(f"file {path!r}: content is not base64") from None
-            return PutFile(path, self.storage.put_bytes(data), lfs=False, oid=git_blob_sha1(data))
+            obj = self.storage.put_bytes(data)
+            stored.append(obj)
+            return PutFile(path, obj, lfs=False, oid=git_blob_sha1(data))
         if kind == "lfsFile":
             path = validate_repo_path(value.get("path"))
             if value.get("algo", "sha256") != "sha256":
                 raise BadRequest(f"LFS file {path!r}: only sha256 is supported")
             oid = validate_sha256(value.get("oid"))
-            stored = self.storage.find_object(oid)
-            if stored is None:
+            uploaded = self.storage.find_object(oid)
+            if uploaded is None:
                 raise BadRequest(f"LFS file {path!r}: object {oid} has not been uploaded")
             size = value.get("size")
-            if size is not None and size != stored.size:
-                raise BadRequest(f"LFS file {path!r}: object {oid} has {stored.size} bytes, not {size}")
-            return PutFile(path, stored, lfs=True, oid=git_blob_sha1(lfs_pointer(oid, stored.size)))
+            if size is not None and size != uploaded.size:
+                raise BadRequest(f"LFS file {path!r}: object {oid} has {uploaded.size} bytes, not {size}")
+            return PutFile(path, uploaded, lfs=True, oid=git_blob_sha1(lfs_pointer(oid, uploaded.size)))
         if kind == "deletedFile":
             return DeleteFile(validate_repo_path(value.get("path")))
         if kind == "deletedFolder":
@@ -549,7 +567,9 @@ class HubApp:
             raise Forbidden("upload URL is not one this server signed")
         if expires < time.time():
             raise Forbidden("upload URL has expired; ask the LFS batch API for a new one")
-        self.storage.put_stream(request.body, expected_sha256=oid, expected_size=size)
+        obj = self.storage.put_stream(request.body, expected_sha256=oid, expected_size=size)
+        # Kept for the commit that will reference it; 'spr hub gc' removes it if none ever does.
+        self.storage.release([obj], discard=False)
         return Response(200)
 
     def _lfs_verify(self, request: Request, caller: str | None, *, key: Callable[[], RepoKey]) -> Response:
@@ -591,7 +611,7 @@ class HubApp:
         if request.method == "HEAD":
             # The recorded size, as the Hub's metadata states it: a damaged object is then caught by the
             # client's own size check on download.
-            return Response(200, headers + [("Content-Length", str(entry.size))])
+            return Response(200, [*headers, ("Content-Length", str(entry.size))])
         byte_range = parse_range(request.headers.get("range"), on_disk)
         if byte_range is None:
             return Response(200, headers, FileBody(object_path, 0, on_disk))
@@ -621,38 +641,6 @@ def error_response(error: HubServerError) -> Response:
     body: dict[str, Any] = {"error": error.message}
     body.update(getattr(error, "extra", {}))
     return Response.json(body, status=error.status, headers=headers)
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """A single ``bytes=`` range as inclusive ``(start, end)``; None means "send everything".
-
-    Several ranges, or a header that is not a bytes range, are ignored (allowed by RFC 9110).
-    """
-    if not header:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first == "":
-            if not last:
-                return None
-            length = int(last)
-            if length <= 0:
-                return "unsatisfiable"
-            return (max(0, size - length), size - 1) if size else "unsatisfiable"
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start >= size:
-        return "unsatisfiable"
-    if start < 0 or end < start:
-        return None
-    return start, min(end, size - 1)
 
 
 def _tree_file(path: str, entry: FileEntry) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from registry.hubserver.errors import BadRequest
-from registry.hubserver.storage import HubStorage, ObjectWriter, StoredObject
+from registry.hubserver.records import StoredObject
+from registry.hubserver.storage import HubStorage, ObjectWriter
 from registry.hubserver.wire import MAX_JSON_BODY
 
 IN_MEMORY_LINE = 8 * 1024 * 1024
@@ -42,8 +43,12 @@ class CommitItem:
     stored: StoredObject | None = None
 
 
-def read_commit_items(body: BinaryIO, storage: HubStorage) -> Iterator[CommitItem]:
-    """The payload's lines, in order; raises :class:`BadRequest` on a malformed one."""
+def read_commit_items(body: BinaryIO, storage: HubStorage, stored: list[StoredObject]) -> Iterator[CommitItem]:
+    """The payload's lines, in order; raises :class:`BadRequest` on a malformed one.
+
+    Every object a streamed file line puts into the store is appended to ``stored`` as soon as it is
+    there, so the caller can remove it if the commit is refused.
+    """
     number = 0
     while True:
         line = body.readline(IN_MEMORY_LINE)
@@ -55,7 +60,7 @@ def read_commit_items(body: BinaryIO, storage: HubStorage) -> Iterator[CommitIte
                 yield _parse(number, line)
             continue
         if line.startswith(_FILE_PREFIX):
-            yield _stream_file(number, line[len(_FILE_PREFIX) :], body, storage)
+            yield _stream_file(number, line[len(_FILE_PREFIX) :], body, storage, stored)
         else:
             # Bounded: one byte past the limit is enough to know the line is too long.
             line += body.readline(MAX_JSON_LINE + 1 - len(line))
@@ -69,12 +74,14 @@ def _parse(number: int, line: bytes) -> CommitItem:
         item = json.loads(line)
     except ValueError:
         raise BadRequest(f"line {number} of the commit is not JSON") from None
+    except RecursionError:
+        raise BadRequest(f"line {number} of the commit nests JSON too deeply") from None
     if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
         raise BadRequest(f"line {number} of the commit must be {{'key': ..., 'value': {{...}}}}")
     return CommitItem(number, item.get("key"), item["value"])
 
 
-def _stream_file(number: int, pending: bytes, body: BinaryIO, storage: HubStorage) -> CommitItem:
+def _stream_file(number: int, pending: bytes, body: BinaryIO, storage: HubStorage, stored: list[StoredObject]) -> CommitItem:
     with storage.object_writer() as writer:
         sink = _Base64Sink(writer, number)
         while True:
@@ -96,11 +103,12 @@ def _stream_file(number: int, pending: bytes, body: BinaryIO, storage: HubStorag
             tail += more
             if len(tail) > _MAX_TAIL:
                 raise BadRequest(f"line {number} of the commit is malformed after a file's content")
-        stored = writer.finish()
+        obj = writer.finish()
+        stored.append(obj)
     # What follows the content closes the JSON object: put an empty content back in front of it.
     item = _parse(number, _FILE_PREFIX + b'"' + tail)
     value = {k: v for k, v in item.value.items() if k != "content"}
-    return CommitItem(number, item.key, value, stored)
+    return CommitItem(number, item.key, value, obj)
 
 
 class _Base64Sink:

@@ -253,6 +253,7 @@ class _BodyReader(io.RawIOBase):
         self._chunked = "chunked" in (transfer_encoding or "").lower()
         self._left = 0  # bytes left in the body (fixed) or in the current chunk (chunked)
         self._done = False
+        self.broken = False  # a malformed body: the connection cannot be reused or drained
         if not self._chunked:
             try:
                 self._left = int(content_length or 0)
@@ -276,7 +277,12 @@ class _BodyReader(io.RawIOBase):
             line = self._rfile.readline(1024)
             try:
                 self._left = int(line.split(b";", 1)[0].strip(), 16)
+                if self._left < 0:
+                    raise ValueError(line)
             except ValueError:
+                # Answer at once and close: reading on to find the next chunk would wait for
+                # bytes that never come (until the idle timeout, holding a thread).
+                self._done = self.broken = True
                 raise BadRequest("malformed chunked body") from None
             if self._left == 0:
                 while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
@@ -358,13 +364,16 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug: answer 500 and keep serving
             logger.error("error while answering %s %s\n%s", self.command, split.path, traceback.format_exc())
             response = error_response(HubServerError("internal error in the Hub server (see its log)"))
-        if reader is None or not reader.exhausted:
+        if reader is None or not reader.exhausted or reader.broken:
             self._drain(reader)
         hub._record(RequestRecord(self.command, split.path, route_pattern, response.status))
         self._send(response)
 
     def _drain(self, reader: _BodyReader | None) -> None:
         # Unread body bytes would be taken for the next request on this keep-alive connection.
+        if reader is not None and reader.broken:
+            self.close_connection = True
+            return
         if reader is not None:
             try:
                 left = _DRAIN_LIMIT

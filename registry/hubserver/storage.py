@@ -20,16 +20,14 @@ recompute it. All files are written atomically (temp file in the same folder, fs
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,16 +35,28 @@ from registry.hubserver.errors import (
     BadRequest,
     Conflict,
     EntryNotFound,
+    HubServerError,
     PreconditionFailed,
     RepoNotFound,
     RevisionNotFound,
 )
+from registry.hubserver.records import (
+    Change,
+    Commit,
+    FileEntry,
+    GcReport,
+    RepoKey,
+    RepoRecord,
+    StoredObject,
+    apply_changes,
+    canonical_json,
+    git_blob_sha1,
+    hub_time,
+    make_commit,
+)
 from registry.hubserver.validation import (
-    REPO_TYPES,
     is_commit_sha,
     validate_ref_name,
-    validate_repo_id,
-    validate_repo_path,
     validate_sha256,
 )
 
@@ -57,7 +67,6 @@ except ImportError:  # pragma: no cover - Windows: in-process lock only
 
 DEFAULT_BRANCH = "main"
 _CHUNK = 1024 * 1024
-_LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 
 # What the Hub puts in the first commit of every new repo (trimmed to the common patterns).
 INITIAL_GITATTRIBUTES = b"""*.7z filter=lfs diff=lfs merge=lfs -text
@@ -77,138 +86,6 @@ INITIAL_GITATTRIBUTES = b"""*.7z filter=lfs diff=lfs merge=lfs -text
 *.tar filter=lfs diff=lfs merge=lfs -text
 *.zip filter=lfs diff=lfs merge=lfs -text
 """
-
-
-def hub_time(moment: datetime | None = None) -> str:
-    """A UTC time in the Hub's format, ``%Y-%m-%dT%H:%M:%S.%fZ`` (milliseconds)."""
-    moment = moment or datetime.now(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """The git blob id of ``data``: sha1 of ``b"blob <len>\\0" + data``."""
-    return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
-
-
-def lfs_pointer(sha256: str, size: int) -> bytes:
-    """The git-LFS pointer file that stands in git for an LFS object."""
-    return _LFS_POINTER.format(sha256=sha256, size=size).encode()
-
-
-def canonical_json(value: object) -> bytes:
-    """Sorted keys, no whitespace, UTF-8: the bytes commit ids are computed over."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-@dataclass(frozen=True)
-class RepoKey:
-    """A repo's identity: its type (``model``/``dataset``/``space``) and ``namespace/name``."""
-
-    repo_type: str
-    repo_id: str
-
-    def __post_init__(self) -> None:
-        if self.repo_type not in REPO_TYPES:
-            raise BadRequest(f"invalid repo type {self.repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
-        parts = self.repo_id.split("/")
-        if len(parts) != 2:
-            raise BadRequest(f"invalid repo id {self.repo_id!r}: expected 'namespace/name'")
-        validate_repo_id(parts[0], parts[1])
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """A blob in the object store."""
-
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One file of a commit's tree."""
-
-    sha256: str
-    size: int
-    lfs: bool
-    oid: str  # git blob id the Hub reports: of the content (regular) or of the LFS pointer (lfs)
-
-    @property
-    def pointer_size(self) -> int:
-        return len(lfs_pointer(self.sha256, self.size))
-
-    def to_json(self) -> dict[str, object]:
-        return {"sha256": self.sha256, "size": self.size, "lfs": self.lfs, "oid": self.oid}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> FileEntry:
-        return cls(sha256=str(data["sha256"]), size=int(data["size"]), lfs=bool(data["lfs"]), oid=str(data["oid"]))  # type: ignore[call-overload]
-
-
-@dataclass(frozen=True)
-class Commit:
-    """An immutable commit: the full tree plus message, author and time."""
-
-    id: str
-    parent: str | None
-    tree: Mapping[str, FileEntry]
-    summary: str
-    description: str
-    author: str
-    time: str
-
-    def body(self) -> dict[str, object]:
-        """Everything but the id: what the id is the sha1 of."""
-        return {
-            "parent": self.parent,
-            "tree": {path: entry.to_json() for path, entry in sorted(self.tree.items())},
-            "summary": self.summary,
-            "description": self.description,
-            "author": self.author,
-            "time": self.time,
-        }
-
-
-@dataclass(frozen=True)
-class RepoRecord:
-    """A repo's settings."""
-
-    key: RepoKey
-    private: bool
-    created_at: str
-
-
-@dataclass(frozen=True)
-class PutFile:
-    """Add or replace ``path`` with a stored object, as a regular or an LFS file."""
-
-    path: str
-    obj: StoredObject
-    lfs: bool
-    oid: str  # git blob id (see FileEntry.oid)
-
-
-@dataclass(frozen=True)
-class DeleteFile:
-    path: str
-
-
-@dataclass(frozen=True)
-class DeleteFolder:
-    path: str
-
-
-Change = PutFile | DeleteFile | DeleteFolder
-
-
-@dataclass(frozen=True)
-class TreeItem:
-    """A file or folder in a tree listing."""
-
-    kind: str  # "file" | "directory"
-    path: str
-    entry: FileEntry | None  # files only
-    oid: str
 
 
 class ObjectWriter:
@@ -247,6 +124,10 @@ class HubStorage:
         self._locks_guard = threading.Lock()
         self._commit_cache: dict[tuple[Path, str], Commit] = {}
         self._cache_guard = threading.Lock()
+        # Objects a request in this process has stored or found and may still commit: a refused
+        # commit never deletes one of these out from under another request.
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_guard = threading.Lock()
 
     # ------------------------------------------------------------------ objects
 
@@ -268,6 +149,7 @@ class HubStorage:
         sha256 = hashlib.sha256(data).hexdigest()
         existing = self.find_object(sha256)
         if existing is not None and existing.size == len(data):
+            self._hold(sha256)
             return existing
         tmp = self._tmp_path()
         try:
@@ -308,7 +190,7 @@ class HubStorage:
         Whatever was not finished is discarded when the block ends.
         """
         tmp = self._tmp_path()
-        handle = open(tmp, "wb")
+        handle = open(tmp, "wb")  # noqa: SIM115  (handed to the writer; closed below)
         try:
             yield ObjectWriter(handle, lambda sha256, size: self._install(tmp, sha256, size))
         finally:
@@ -331,9 +213,72 @@ class HubStorage:
     def _install(self, tmp: Path, sha256: str, size: int) -> StoredObject:
         target = self.object_path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
+        self._hold(sha256)
+        created = not target.exists()
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-        return StoredObject(sha256=sha256, size=size)
+        return StoredObject(sha256=sha256, size=size, created=created)
+
+    def _hold(self, sha256: str) -> None:
+        with self._in_flight_guard:
+            self._in_flight[sha256] = self._in_flight.get(sha256, 0) + 1
+
+    def release(self, objects: Iterable[StoredObject], *, discard: bool) -> None:
+        """A request is done with ``objects`` (each stored or found once by it).
+
+        With ``discard`` (the request was refused), the objects it created are deleted unless
+        another request in flight holds them or a commit references them: a refused commit leaves
+        nothing behind, so refused commits cannot fill the disk.
+        """
+        for obj in objects:
+            with self._in_flight_guard:
+                left = self._in_flight.get(obj.sha256, 0) - 1
+                if left > 0:
+                    self._in_flight[obj.sha256] = left
+                else:
+                    self._in_flight.pop(obj.sha256, None)
+                if discard and obj.created and left <= 0 and obj.sha256 not in self._referenced():
+                    self.object_path(obj.sha256).unlink(missing_ok=True)
+
+    def _referenced(self) -> set[str]:
+        """Every object sha256 that some commit of some repo references."""
+        found: set[str] = set()
+        for commit_file in (self.root / "repos").glob("*/*/*/commits/*.json"):
+            try:
+                data = json.loads(commit_file.read_bytes())
+                found.update(entry["sha256"] for entry in data["tree"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                # A commit we cannot read might reference anything: refuse to judge.
+                raise HubServerError(f"cannot read commit {commit_file}: {exc}; not deleting objects") from None
+        return found
+
+    def gc(self, *, grace_seconds: float = 3600.0, remove: bool = False) -> GcReport:
+        """Objects that no commit references and upload leftovers older than ``grace_seconds``.
+
+        Nothing is deleted unless ``remove``. Younger objects may belong to an upload whose commit
+        has not arrived yet (git-LFS uploads come before their commit), so they are kept.
+        """
+        cutoff = time.time() - grace_seconds
+        referenced = self._referenced()
+        unreferenced: list[StoredObject] = []
+        young = 0
+        for path in sorted((self.root / "objects" / "sha256").glob("*/*")):
+            if path.name in referenced or not path.is_file():
+                continue
+            st = path.stat()
+            with self._in_flight_guard:
+                busy = path.name in self._in_flight
+            if st.st_mtime > cutoff or busy:
+                young += 1
+                continue
+            unreferenced.append(StoredObject(path.name, st.st_size))
+        leftovers = [p for p in sorted((self.root / "tmp").glob("upload-*")) if p.stat().st_mtime <= cutoff]
+        if remove:
+            for obj in unreferenced:
+                self.object_path(obj.sha256).unlink(missing_ok=True)
+            for p in leftovers:
+                p.unlink(missing_ok=True)
+        return GcReport(tuple(unreferenced), tuple(leftovers), young, remove)
 
     # ------------------------------------------------------------------ repos
 
@@ -350,7 +295,7 @@ class HubStorage:
         entry = FileEntry(
             sha256=gitattributes.sha256, size=gitattributes.size, lfs=False, oid=git_blob_sha1(INITIAL_GITATTRIBUTES)
         )
-        first = _make_commit(None, {".gitattributes": entry}, "initial commit", "", author, record.created_at)
+        first = make_commit(None, {".gitattributes": entry}, "initial commit", "", author, record.created_at)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".creating-", dir=final.parent))
         try:
@@ -485,8 +430,8 @@ class HubStorage:
                 )
             current = self.get_commit(key, head)
             assert current is not None, f"refs point at a missing commit {head}"
-            tree = _apply(dict(current.tree), changes, head)
-            new = _make_commit(head, tree, summary, description, author, hub_time())
+            tree = apply_changes(dict(current.tree), changes, head)
+            new = make_commit(head, tree, summary, description, author, hub_time())
             directory = self._repo_dir(key)
             _atomic_write(directory / "commits" / f"{new.id}.json", canonical_json({"id": new.id, **new.body()}))
             branches[branch] = new.id
@@ -579,7 +524,7 @@ class HubStorage:
                 yield
                 return
             try:
-                handle = open(directory / ".lock", "a+b")
+                handle = open(directory / ".lock", "a+b")  # noqa: SIM115  (held for the lock's lifetime)
             except FileNotFoundError:
                 raise RepoNotFound(f"Repository not found: {key.repo_type} {key.repo_id}") from None
             with handle:
@@ -588,68 +533,6 @@ class HubStorage:
                     yield
                 finally:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def tree_items(commit: Commit, folder: str, *, recursive: bool) -> list[TreeItem]:
-    """The files and folders under ``folder`` ("" = root) at ``commit``, sorted by path.
-
-    Raises :class:`EntryNotFound` if ``folder`` is neither the root nor a folder of the tree.
-    """
-    prefix = f"{folder}/" if folder else ""
-    files: dict[str, FileEntry] = {p: e for p, e in commit.tree.items() if p.startswith(prefix)}
-    if folder and not files:
-        raise EntryNotFound(f"{folder} does not exist at {commit.id}", commit=commit.id)
-    items: dict[str, TreeItem] = {}
-    for path, entry in files.items():
-        rest = path[len(prefix) :].split("/")
-        depth = len(rest) if recursive else 1
-        for level in range(1, min(depth, len(rest) - 1) + 1):
-            sub = prefix + "/".join(rest[:level])
-            if sub not in items:
-                items[sub] = TreeItem("directory", sub, None, _folder_oid(commit, sub))
-        if recursive or len(rest) == 1:
-            items[path] = TreeItem("file", path, entry, entry.oid)
-    return [items[p] for p in sorted(items)]
-
-
-def _folder_oid(commit: Commit, folder: str) -> str:
-    # Not git's tree id, but stable: the same content under the folder gives the same id.
-    prefix = folder + "/"
-    listing = "".join(f"{e.oid} {p}\n" for p, e in sorted(commit.tree.items()) if p.startswith(prefix))
-    return hashlib.sha1(listing.encode()).hexdigest()
-
-
-def _apply(tree: dict[str, FileEntry], changes: Sequence[Change], head: str) -> dict[str, FileEntry]:
-    for change in changes:
-        if isinstance(change, PutFile):
-            path = validate_repo_path(change.path)
-            tree[path] = FileEntry(sha256=change.obj.sha256, size=change.obj.size, lfs=change.lfs, oid=change.oid)
-        elif isinstance(change, DeleteFile):
-            path = validate_repo_path(change.path)
-            if path not in tree:
-                raise EntryNotFound(f"A file with this name doesn't exist: {path}", commit=head)
-            del tree[path]
-        else:
-            folder = validate_repo_path(change.path, folder=True)
-            doomed = [p for p in tree if p.startswith(folder + "/")]
-            if not doomed:
-                raise EntryNotFound(f"A folder with this name doesn't exist: {folder}", commit=head)
-            for path in doomed:
-                del tree[path]
-    folders = {"/".join(p.split("/")[:i]) for p in tree for i in range(1, p.count("/") + 1)}
-    clash = sorted(folders & tree.keys())
-    if clash:
-        raise BadRequest(f"{clash[0]!r} cannot be both a file and a folder")
-    return tree
-
-
-def _make_commit(
-    parent: str | None, tree: Mapping[str, FileEntry], summary: str, description: str, author: str, time: str
-) -> Commit:
-    draft = Commit(
-        id="", parent=parent, tree=dict(tree), summary=summary, description=description, author=author, time=time
-    )
-    return dataclasses.replace(draft, id=hashlib.sha1(canonical_json(draft.body())).hexdigest())
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

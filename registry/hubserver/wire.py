@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from registry.hubserver.errors import BadRequest
 
@@ -47,6 +47,8 @@ class Request:
             return json.loads(self.read_all() or b"null")
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("request body nests JSON too deeply") from None
 
     def json_object(self) -> dict[str, Any]:
         data = self.json()
@@ -89,3 +91,35 @@ class Response:
             if key.lower() == lowered:
                 return value
         return None
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
+    """A single ``bytes=`` range as inclusive ``(start, end)``; None means "send everything".
+
+    Several ranges, or a header that is not a bytes range, are ignored (allowed by RFC 9110).
+    """
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            if not last:
+                return None
+            length = int(last)
+            if length <= 0:
+                return "unsatisfiable"
+            return (max(0, size - length), size - 1) if size else "unsatisfiable"
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    if start < 0 or end < start:
+        return None
+    return start, min(end, size - 1)

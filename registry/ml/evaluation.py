@@ -29,10 +29,22 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import UsageError
+from registry.ml.defaults import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    DEFAULT_EVAL_NEW_TOKENS,
+    DEFAULT_GENERATE_NEW_TOKENS,
+    DEFAULT_MAX_LENGTH,
+    GENERATION_METRICS,
+    METRICS,
+    TUTORIAL_REPETITION_PENALTY,
+)
 from registry.types import DatasetInfo, VersionInfo
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from registry.storage import BlobStore
 
 __all__ = [
     "GENERATION_METRICS",
@@ -51,19 +63,7 @@ __all__ = [
     "rouge_l",
 ]
 
-METRICS: dict[str, str] = {
-    "loss": "eval_loss",
-    "perplexity": "perplexity",
-    "exact-match": "exact_match",
-    "rouge-l": "rouge_l",
-}
-"""``--metric`` choices and the metric name each is recorded under."""
 
-GENERATION_METRICS = ("exact-match", "rouge-l")
-DEFAULT_MAX_LENGTH = 256
-DEFAULT_EVAL_NEW_TOKENS = 64
-DEFAULT_GENERATE_NEW_TOKENS = 32
-TUTORIAL_REPETITION_PENALTY = 1.5  # the tutorials' generate() setting
 SAMPLES_KEPT = 5
 
 
@@ -148,13 +148,15 @@ def load_adapter(
     allow_different_base: bool = False,
     device: str = "auto",
     actor: str | None = None,
+    store: BlobStore | None = None,
 ) -> LoadedAdapter:
     """Resolve ``ref``, verify it against the base model and load it (:func:`registry.ml.loading.load`).
 
     ``base_model`` defaults as in :func:`resolve_base_model`. The version is pinned by digest
     before loading, so an alias moved meanwhile cannot swap what is loaded. Raises
     :class:`IncompatibleError` when verification refuses the pair, the errors of
-    :func:`registry.catalogue.get_version` for an unknown ref, and :class:`UsageError`.
+    :func:`registry.catalogue.get_version` for an unknown ref, and :class:`UsageError`. ``store`` is
+    the blob store the files are verified in and read from (default: :func:`registry.storage.open_store`).
     """
     from registry import catalogue
     from registry.ml import loading, training
@@ -165,7 +167,7 @@ def load_adapter(
     device = training.select_device(device)
     pinned = f"{version.full_name}@{version.digest}"
     with training.quiet():
-        model = loading.load(pinned, spec, db=db, allow_different_base=allow_different_base, actor=actor)
+        model = loading.load(pinned, spec, db=db, allow_different_base=allow_different_base, actor=actor, store=store)
         tokenizer = _load_tokenizer(spec, version)
     model.to(device)
     model.eval()
@@ -198,11 +200,12 @@ def evaluate(
     db: str | None = None,
     actor: str | None = None,
     allow_different_base: bool = False,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     max_length: int | None = None,
     max_new_tokens: int = DEFAULT_EVAL_NEW_TOKENS,
     device: str = "auto",
     record: bool = True,
+    store: BlobStore | None = None,
 ) -> EvalReport:
     """Score version ``ref`` on ``dataset`` and record each score (``spr eval``).
 
@@ -234,7 +237,9 @@ def evaluate(
     if batch_size < 1 or max_new_tokens < 1:
         raise UsageError("--batch-size and --max-new-tokens must be at least 1")
 
-    loaded = load_adapter(ref, base_model, db=db, allow_different_base=allow_different_base, device=device, actor=actor)
+    loaded = load_adapter(
+        ref, base_model, db=db, allow_different_base=allow_different_base, device=device, actor=actor, store=store
+    )
     version = loaded.version
     template = version.template
     length = max_length or int(version.training.get("max_length") or DEFAULT_MAX_LENGTH)
@@ -299,6 +304,7 @@ def generate(
     allow_different_base: bool = False,
     device: str = "auto",
     actor: str | None = None,
+    store: BlobStore | None = None,
 ) -> Generation:
     """Greedy generation from version ``ref`` on ``prompt`` with its recorded template (``spr generate``).
 
@@ -310,7 +316,9 @@ def generate(
 
     if max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
-    loaded = load_adapter(ref, base_model, db=db, allow_different_base=allow_different_base, device=device, actor=actor)
+    loaded = load_adapter(
+        ref, base_model, db=db, allow_different_base=allow_different_base, device=device, actor=actor, store=store
+    )
     template = loaded.version.template if use_template else None
     formatted = training.apply_template(template, prompt)
     kwargs: dict[str, Any] = {

@@ -1,14 +1,14 @@
 """Verify, then load: a catalogued soft prompt (or an adapter directory) onto a base model.
 
-:func:`verify` is the check ``spr verify`` runs: it never imports torch, reads no weights beyond
-the safetensors headers and a sampled slice of the base's input embeddings, re-hashes every stored
-file of a catalogued version, and returns a :class:`~registry.adapters.compat.CompatReport`.
+Verification lives in the torch-free room :mod:`registry.verification`; :func:`verify`,
+:func:`adapter_name_for` and the other verification names are re-exported here for users
+(``from registry.ml import loading; loading.verify(...)``).
 
 :func:`load` and :func:`load_many` verify first (refusing with :class:`IncompatibleError`), export
-the verified bytes to a temporary directory, load them with ``PeftModel.from_pretrained(...,
-is_trainable=False)``, and then confirm that the adapter tensors inside the model equal the stored
-ones, which catches an adapter that PEFT silently did not apply. torch, transformers and peft are
-imported only inside those functions.
+the verified bytes from the :class:`~registry.storage.BlobStore` to a temporary directory, load them
+with ``PeftModel.from_pretrained(..., is_trainable=False)``, and then confirm that the adapter tensors
+inside the model equal the stored ones, which catches an adapter that PEFT silently did not apply.
+torch, transformers and peft are imported only inside those functions.
 """
 
 from __future__ import annotations
@@ -19,253 +19,27 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from registry.adapters import basemodel, compat
-from registry.adapters.basemodel import BaseModelFacts
 from registry.adapters.compat import CompatReport, finding
-from registry.errors import (
-    DigestMismatchError,
-    IncompatibleError,
-    InvalidBaseModelError,
-    NotFoundError,
-    UsageError,
+from registry.errors import IncompatibleError, UsageError
+from registry.storage import BlobStore, open_store
+from registry.verification import (
+    ADAPTER_CONFIG,
+    WEIGHTS,
+    AdapterSubject,
+    adapter_name_for,
+    base_facts,
+    check_files,
+    is_adapter_directory,
+    resolve_adapter,
+    verify,
+    verify_subject,
 )
-from registry.types import AdapterFacts, BaseModelInfo, FileRecord, VersionInfo
 
-ADAPTER_CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
-
-
-@dataclass(frozen=True)
-class AdapterSubject:
-    """The adapter being verified: a catalogued version or a directory on disk."""
-
-    label: str  # "ns/name@N" or the directory's absolute path
-    facts: AdapterFacts
-    recorded: BaseModelInfo | None
-    version: VersionInfo | None = None
-    directory: Path | None = None
-
-
-def is_adapter_directory(target: str | os.PathLike[str]) -> bool:
-    """True when ``target`` names a directory holding ``adapter_config.json`` (it then wins over a ref)."""
-    path = Path(target).expanduser()
-    return path.is_dir() and (path / ADAPTER_CONFIG).is_file()
-
-
-def resolve_adapter(target: str | os.PathLike[str], *, db: str | None = None) -> AdapterSubject:
-    """Read the adapter named by ``target``: an adapter directory, else a catalogue reference.
-
-    For a directory, the facts come from its files (torch-free); the recorded base is what its
-    ``adapter_config.json`` claims, or, when that names a model directory that exists here, that
-    directory's measured identity. For a reference, the facts and the base identity come from the
-    version's manifest and catalogue record. Raises :class:`InvalidAdapterError` for an unreadable
-    directory and :class:`NotFoundError` subclasses for an unknown reference.
-    """
-    if is_adapter_directory(target):
-        from registry.adapters.reader import read_adapter
-
-        directory = Path(target).expanduser().resolve()
-        facts = read_adapter(directory, check_values=False)
-        return AdapterSubject(
-            label=str(directory), facts=facts, recorded=_claimed_base(facts), directory=directory
-        )
-    if isinstance(target, Path) or Path(str(target)).expanduser().is_dir():
-        from registry.errors import InvalidAdapterError
-
-        raise InvalidAdapterError(
-            f"{target} is a directory without {ADAPTER_CONFIG}",
-            hint="pass the folder that PEFT's save_pretrained() wrote, or a catalogue reference such as team/coach@prod",
-        )
-    from registry import catalogue
-    from registry.adapters.manifest import facts_from_manifest
-
-    version = catalogue.get_version(str(target), db=db)
-    facts = facts_from_manifest(version.manifest)
-    recorded = version.base_model
-    if recorded is None or recorded.source == "adapter_config":
-        recorded = _claimed_base(facts) if recorded is None else _upgrade_claim(recorded)
-    return AdapterSubject(label=version.ref, facts=facts, recorded=recorded, version=version)
-
-
-def _claimed_base(facts: AdapterFacts) -> BaseModelInfo | None:
-    claim = basemodel.from_adapter(facts)
-    return None if claim is None else _upgrade_claim(claim)
-
-
-def _upgrade_claim(claim: BaseModelInfo) -> BaseModelInfo:
-    # A claim naming a model directory that exists here can be measured: compare weights, not names.
-    path = Path(claim.name).expanduser()
-    if path.is_absolute() and (path / "config.json").is_file():
-        try:
-            return basemodel.from_directory(path)
-        except InvalidBaseModelError:
-            return claim
-    return claim
-
-
-def base_facts(base_model: Any) -> BaseModelFacts:
-    """Facts of ``base_model``: a directory or ``REPO[@REV]`` (no weights read), or an in-memory model."""
-    if isinstance(base_model, (str, os.PathLike)):
-        return basemodel.inspect(os.fspath(base_model))
-    if isinstance(base_model, BaseModelFacts):
-        return base_model
-    return basemodel.from_model(base_model)
-
-
-def verify(
-    adapter: str | os.PathLike[str],
-    base_model: Any,
-    *,
-    db: str | None = None,
-    allow_different_base: bool = False,
-    actor: str | None = None,
-    log_override: bool = True,
-    via: str = "verify",
-) -> CompatReport:
-    """Check that ``adapter`` (a catalogue ref or an adapter directory) fits ``base_model``.
-
-    ``base_model`` is a directory, ``REPO[@REV]`` on the Hub, or a loaded transformers model.
-    For a catalogued version every stored file is re-hashed (``file-digest-mismatch``,
-    ``file-missing``); for a directory every tensor is scanned for NaN/Inf. Returns the report
-    (it does not raise for an incompatible pair: read ``report.compatible``). When identity
-    findings are accepted with ``allow_different_base=True``, the override is logged as a
-    ``verify-override`` event (unless ``log_override=False``). Raises for what stops the check
-    itself: an unknown ref, an unreadable adapter or base model, an unreachable Hub.
-    """
-    return _verify_subject(
-        resolve_adapter(adapter, db=db), base_facts(base_model), db=db,
-        allow_different_base=allow_different_base, actor=actor, log_override=log_override, via=via,
-    )
-
-
-def _verify_subject(
-    subject: AdapterSubject,
-    target: BaseModelFacts,
-    *,
-    db: str | None,
-    allow_different_base: bool,
-    actor: str | None,
-    log_override: bool,
-    via: str,
-) -> CompatReport:
-    report = compat.check(
-        subject.facts,
-        target,
-        subject.recorded,
-        subject=subject.label,
-        installed_peft=compat.installed_peft_version(),
-        allow_different_base=allow_different_base,
-    )
-    extra = []
-    if subject.version is not None:
-        extra += check_files(subject.version.files)
-        extra += _status_findings(subject.version)
-    elif subject.directory is not None:
-        extra += _non_finite_findings(subject.directory)
-    report = report.with_findings(extra)
-    if report.overridden and log_override:
-        from registry import catalogue
-
-        catalogue.log_event(
-            "verify-override",
-            subject.label,
-            {
-                "via": via,
-                "digest": subject.version.digest if subject.version else None,
-                "base_model": report.base_model.identity(),
-                "recorded_base_model": report.recorded.identity() if report.recorded else None,
-                "accepted": [{"code": f.code, "expected": f.expected, "found": f.found} for f in report.identity],
-            },
-            db=db,
-            actor=actor,
-        )
-    return report
-
-
-def check_files(files: Sequence[FileRecord]) -> list[compat.Finding]:
-    """Re-hash every blob of a version; one finding per changed or missing file."""
-    from registry.storage import open_store
-
-    store = open_store()
-    out: list[compat.Finding] = []
-    for f in files:
-        try:
-            store.verify(f.sha256)
-        except DigestMismatchError as exc:
-            out.append(
-                finding(
-                    "file-digest-mismatch",
-                    f"stored file {f.path} was changed after it was published",
-                    expected=f"sha256:{f.sha256}",
-                    found=f"sha256:{exc.fields.get('found')}",
-                    hint="do not load it; run 'spr audit', then restore the blob from a backup or re-publish the adapter",
-                )
-            )
-        except NotFoundError:
-            out.append(
-                finding(
-                    "file-missing",
-                    f"stored file {f.path} is missing from the blob store",
-                    expected=f"sha256:{f.sha256}",
-                    found="no blob",
-                    hint="run 'spr audit'; restore the blob store from a backup or pull the version again",
-                )
-            )
-    return out
-
-
-def _status_findings(version: VersionInfo) -> list[compat.Finding]:
-    if version.status == "active":
-        return []
-    code = "version-yanked" if version.status == "yanked" else "version-deprecated"
-    return [
-        finding(
-            code,
-            f"{version.ref} is {version.status}" + (f": {version.status_reason}" if version.status_reason else ""),
-            expected="active",
-            found=version.status,
-            hint=f"see 'spr versions {version.full_name}' for a newer version",
-        )
-    ]
-
-
-def _non_finite_findings(directory: Path) -> list[compat.Finding]:
-    from registry.adapters.tensorfile import count_non_finite, read_header
-
-    weights = directory / WEIGHTS
-    header = read_header(weights)
-    out = []
-    for info in header.tensors.values():
-        bad = count_non_finite(weights, info)
-        if bad:
-            out.append(
-                finding(
-                    "non-finite-values",
-                    f"tensor {info.name} holds {bad} NaN/Inf values",
-                    expected="finite values",
-                    found=f"{bad} non-finite",
-                    hint="training diverged; lower the learning rate or use an earlier checkpoint",
-                )
-            )
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading (torch, transformers and peft are imported inside these functions only)
-# ---------------------------------------------------------------------------------------------
-
-
-def adapter_name_for(ref: str | os.PathLike[str]) -> str:
-    """A PEFT adapter name for ``ref``: letters, digits and ``_`` only (PEFT names cannot hold '.' or '/')."""
-    text = os.fspath(ref)
-    if is_adapter_directory(text):
-        text = Path(text).name
-    name = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
-    return name or "adapter"
+_verify_subject = verify_subject  # the former private name
 
 
 _AUTO_CLASS = {
@@ -304,15 +78,13 @@ def _load_base(spec: str | os.PathLike[str], report: CompatReport, task_type: st
     return cls.from_pretrained(local, use_safetensors=True)  # only *.safetensors were downloaded; never a pickle
 
 
-def _materialise(subject: AdapterSubject, into: Path) -> Path:
+def _materialise(subject: AdapterSubject, into: Path, store: BlobStore) -> Path:
     """The adapter's files in a directory PEFT can read: verified blobs exported, or the directory itself."""
     if subject.version is None:
         assert subject.directory is not None
         return subject.directory
     from registry.adapters.manifest import check_relative_path
-    from registry.storage import open_store
 
-    store = open_store()
     for f in subject.version.files:
         # export() re-hashes on the way out, so bytes changed since verify() are refused too.
         store.export(f.sha256, into / check_relative_path(f.path, "catalogue"))
@@ -373,6 +145,7 @@ def load(
     allow_different_base: bool = False,
     adapter_name: str | None = None,
     actor: str | None = None,
+    store: BlobStore | None = None,
 ) -> Any:
     """Verify ``ref`` against ``base_model``, then load it and return the ``PeftModel``.
 
@@ -386,7 +159,7 @@ def load(
     changes between verification and export.
     """
     return load_many([ref], base_model, db=db, allow_different_base=allow_different_base,
-                     adapter_names=[adapter_name] if adapter_name else None, actor=actor)
+                     adapter_names=[adapter_name] if adapter_name else None, actor=actor, store=store)
 
 
 def load_many(
@@ -397,6 +170,7 @@ def load_many(
     allow_different_base: bool = False,
     adapter_names: Sequence[str] | None = None,
     actor: str | None = None,
+    store: BlobStore | None = None,
 ) -> Any:
     """Attach several verified adapters to one copy of ``base_model``; return the ``PeftModel``.
 
@@ -405,6 +179,7 @@ def load_many(
     ``model.set_adapter(name)``. The first one is active on return. The adapters must share a
     task type and be all prompt-learning or all LoRA (PEFT cannot mix the two in one model).
     Raises as :func:`load`, and :class:`UsageError` for an empty list or duplicate names.
+    ``store`` is the blob store the files are verified in and exported from (default: :func:`open_store`).
     """
     if not refs:
         raise UsageError("load_many needs at least one adapter reference", hint="pass refs=['team/coach@prod', ...]")
@@ -419,14 +194,17 @@ def load_many(
     for name in names:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", name):
             raise UsageError(f"adapter name {name!r} is not allowed", hint="use letters, digits, '_' and '-'")
+    if store is None:
+        store = open_store()
     in_memory = not isinstance(base_model, (str, os.PathLike))
     target = base_facts(base_model)
     subjects: list[AdapterSubject] = []
     reports: list[CompatReport] = []
     for ref in refs:
         subject = resolve_adapter(ref, db=db)
-        report = _verify_subject(
-            subject, target, db=db, allow_different_base=allow_different_base, actor=actor, log_override=True, via="load"
+        report = verify_subject(
+            subject, target, db=db, allow_different_base=allow_different_base, actor=actor, log_override=True,
+            via="load", store=store,
         )
         report.raise_if_incompatible()
         subjects.append(subject)
@@ -443,8 +221,8 @@ def load_many(
             # PEFT 0.21 calls a transformers method deprecated in 5.x on every load; not the caller's concern.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_model = None
-            for i, (subject, name) in enumerate(zip(subjects, names)):
-                directory = _materialise(subject, workdir / str(i))
+            for i, (subject, name) in enumerate(zip(subjects, names, strict=True)):
+                directory = _materialise(subject, workdir / str(i), store)
                 stored = _stored_tensors(directory)
                 if peft_model is None:
                     peft_model = peft.PeftModel.from_pretrained(model, str(directory), adapter_name=name, is_trainable=False)
@@ -473,6 +251,8 @@ def _check_combinable(subjects: Sequence[AdapterSubject]) -> None:
 
 
 __all__ = [
+    "ADAPTER_CONFIG",
+    "WEIGHTS",
     "AdapterSubject",
     "adapter_name_for",
     "base_facts",
@@ -483,4 +263,5 @@ __all__ = [
     "load_many",
     "resolve_adapter",
     "verify",
-]
+    "verify_subject",
+]  # verification names re-exported from registry.verification

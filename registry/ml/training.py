@@ -7,74 +7,88 @@ data's digest, name, format and record count, the full PEFT config, the training
 the library versions, the device, the loss curve, the held-out eval loss and perplexity tied to the
 held-out data's digest, the input template and the parent. Nothing is typed by hand.
 
-Data
-----
-A dataset is a JSONL/JSON/CSV/TXT/Parquet file, or a directory written by ``datasets``'
-``save_to_disk`` (read with ``datasets.load_from_disk``, only when ``datasets`` is installed). Each
-record is either
-
-- a text record (column ``text``, or the column named by ``text_column``): the formatted text is
-  learned whole, an end-of-sequence token appended; or
-- a prompt/completion record (columns ``prompt`` and ``completion``): the input is
-  ``template.replace("{prompt}", prompt)``, the target is ``completion`` + EOS, and the prompt's
-  labels are -100, so the loss is taken on the completion only.
-
-The template (default ``{prompt}``) formats the input of every example: the prompt of a
-prompt/completion record, the text of a text record. It is recorded with the version, and
-``spr eval`` and ``spr generate`` apply it, so a soft prompt is served with the format it was
-trained on.
-
-Held-out data
--------------
-``eval_split=F`` holds out ``round(F * n)`` records (at least one) chosen by a permutation seeded by
-``seed``; they are never trained on. Their identity is the sha256 of their canonical JSON lines (the
-columns training used, sorted keys, no whitespace, UTF-8, one record per ``\\n``-terminated line, in
-file order): :func:`write_examples_jsonl` writes exactly those bytes, so ``spr eval --dataset`` on
-that file records scores under the same digest. ``eval_dataset=PATH`` evaluates on a separate file
-instead, identified by its own digest.
+The room is split by job: :mod:`registry.ml.defaults` (the defaults, torch-free),
+:mod:`registry.ml.data` (datasets, held-out splits, templates, tokenising; torch-free),
+:mod:`registry.ml.config` (:class:`TrainConfig` and the checks before loading),
+:mod:`registry.ml.runtime` (devices, base loading, the eval loss) and this module (the run
+itself and publishing). The names users import from ``registry.ml.training`` are re-exported here.
 
 Torch, transformers and peft are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import math
 import os
-import platform
-import random
 import shutil
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import settings
-from registry.adapters.dataset import FORMATS, describe_dataset, read_texts
 from registry.digest import PREFIX, canonical_json, sha256_bytes
-from registry.errors import (
-    DependencyMissingError,
-    HubError,
-    InterruptedOperationError,
-    InvalidBaseModelError,
-    InvalidDatasetError,
-    UsageError,
+from registry.errors import InterruptedOperationError, UsageError
+from registry.ml.config import Plan, TrainConfig, make_plan
+from registry.ml.data import (
+    IGNORE_INDEX,
+    Encoded,
+    Example,
+    LoadedData,
+    apply_template,
+    check_template,
+    encode_examples,
+    examples_jsonl,
+    heldout_split_name,
+    load_examples,
+    pad_batch,
+    split_heldout,
+    write_examples_jsonl,
 )
-from registry.storage.local import atomic_write_bytes
+from registry.ml.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_EVAL_SPLIT,
+    DEFAULT_LR,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_SEED,
+    DEFAULT_TEMPLATE,
+    DEFAULT_VIRTUAL_TOKENS,
+    INITS,
+    MAX_CURVE_POINTS,
+    METHODS,
+)
+from registry.ml.runtime import (
+    _download_base,
+    _require_ml,
+    describe_device,
+    library_versions,
+    load_base_model,
+    mean_token_loss,
+    quiet,
+    require_ml,
+    select_device,
+)
 from registry.types import BaseModelInfo, DatasetInfo, PublishResult, VersionInfo
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    import torch
-
     from registry.catalogue import EvalInput
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_EVAL_SPLIT",
+    "DEFAULT_LR",
+    "DEFAULT_MAX_LENGTH",
+    "DEFAULT_SEED",
+    "DEFAULT_TEMPLATE",
+    "DEFAULT_VIRTUAL_TOKENS",
+    "IGNORE_INDEX",
     "INITS",
+    "MAX_CURVE_POINTS",
     "METHODS",
     "Encoded",
     "Example",
@@ -83,6 +97,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingLog",
+    "_download_base",
+    "_require_ml",
     "apply_template",
     "check_template",
     "describe_device",
@@ -99,532 +115,12 @@ __all__ = [
     "split_heldout",
     "train",
     "train_and_publish",
+    "train_steps",
     "write_examples_jsonl",
 ]
 
-METHODS: dict[str, str] = {
-    "prompt-tuning": "PROMPT_TUNING",
-    "p-tuning": "P_TUNING",
-    "prefix-tuning": "PREFIX_TUNING",
-    "lora": "LORA",
-}
-"""``--method`` values and the PEFT type each makes."""
-
-INITS: dict[str, str] = {"random": "RANDOM", "text": "TEXT", "sample-vocab": "SAMPLE_VOCAB"}
-"""``--init`` values (prompt tuning only) and PEFT's ``PromptTuningInit`` names."""
-
-DEFAULT_TEMPLATE = "{prompt}"
-DEFAULT_VIRTUAL_TOKENS = 4  # the tutorials' RANDOM-init setting (4,096 parameters on bloomz-560m)
-DEFAULT_EPOCHS = 6.0
-DEFAULT_LR = 3e-3
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_LENGTH = 256
-DEFAULT_SEED = 42
-DEFAULT_EVAL_SPLIT = 0.1
-MAX_CURVE_POINTS = 1000  # a loss curve of a long run is thinned to about this many logged steps
-IGNORE_INDEX = -100
-
 ProgressCallback = Callable[[int, int, "float | None"], None]
 """Called after every optimizer step with ``(step, total_steps, latest logged loss)``."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training or eval example: a text (``prompt`` is None) or a prompt/completion pair."""
-
-    target: str
-    prompt: str | None = None
-
-    def record(self) -> dict[str, str]:
-        """The record as the columns training used (what held-out digests are computed over)."""
-        if self.prompt is None:
-            return {"text": self.target}
-        return {"prompt": self.prompt, "completion": self.target}
-
-
-@dataclass(frozen=True)
-class LoadedData:
-    """Examples read from a dataset, with the dataset's identity."""
-
-    examples: tuple[Example, ...]
-    kind: str  # "text" or "prompt-completion"
-    columns: tuple[str, ...]  # the columns the examples were taken from
-    info: DatasetInfo
-
-
-def load_examples(path: Path | str, *, text_column: str | None = None, describe: bool = True) -> LoadedData:
-    """Read the examples of a dataset file or ``save_to_disk`` directory.
-
-    Records with ``prompt`` and ``completion`` become prompt/completion examples; otherwise the
-    column ``text_column`` (default ``text``) is used. Every value used must be a string. The
-    dataset is digested with :func:`registry.adapters.dataset.describe_dataset` (``describe=False`` skips
-    that and leaves only the name).
-
-    Raises :class:`InvalidDatasetError` for a missing, unreadable or malformed dataset, a missing
-    column or an empty one; :class:`DependencyMissingError` for a ``datasets`` directory when the
-    ``datasets`` package is not installed.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InvalidDatasetError(
-            f"dataset {path} does not exist",
-            hint="pass a .jsonl, .json, .csv, .txt or .parquet file, or a directory saved with datasets' save_to_disk",
-        )
-    records = _read_records(path)
-    if not records:
-        raise InvalidDatasetError(f"dataset {path} has no records", hint="add at least two records")
-    first_bad = next((i for i, r in enumerate(records) if not isinstance(r, Mapping)), None)
-    if first_bad is not None:
-        raise InvalidDatasetError(
-            f"dataset {path}: record {first_bad + 1} is a {type(records[first_bad]).__name__}, not an object",
-            hint="each record must be an object such as {\"text\": ...} or {\"prompt\": ..., \"completion\": ...}",
-        )
-    columns: set[str] = set()
-    for r in records:
-        columns.update(str(k) for k in r)
-    if text_column is None and {"prompt", "completion"} <= columns:
-        used: tuple[str, ...] = ("prompt", "completion")
-        kind = "prompt-completion"
-    else:
-        used = (text_column or "text",)
-        kind = "text"
-        if used[0] not in columns:
-            found = ", ".join(sorted(columns)[:12]) or "none"
-            raise InvalidDatasetError(
-                f"dataset {path} has no column {used[0]!r} (found: {found})",
-                hint="use a 'text' column, or 'prompt' and 'completion' columns, or name the text column with --text-column",
-            )
-    examples: list[Example] = []
-    for i, r in enumerate(records):
-        values = []
-        for col in used:
-            value = r.get(col)
-            if not isinstance(value, str):
-                raise InvalidDatasetError(
-                    f"dataset {path}: record {i + 1} has {col}={_short(value)}, expected a string",
-                    hint="every record needs a text value in each column training uses",
-                )
-            values.append(value)
-        if kind == "text":
-            examples.append(Example(target=values[0]))
-        else:
-            examples.append(Example(prompt=values[0], target=values[1]))
-    info = describe_dataset(path) if describe else DatasetInfo(digest="", name=path.name)
-    return LoadedData(examples=tuple(examples), kind=kind, columns=used, info=info)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:39] + "…"
-
-
-def _read_records(path: Path) -> list[Any]:
-    if path.is_dir():
-        return _read_saved_dataset(path)
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt == "parquet":
-        try:
-            import pyarrow.parquet as pq  # type: ignore[import-untyped]  # optional: only for parquet files
-        except ImportError:
-            raise DependencyMissingError(
-                f"reading {path.name} needs pyarrow", hint="pip install pyarrow, or convert the data to JSONL"
-            ) from None
-        try:
-            return list(pq.read_table(path).to_pylist())
-        except Exception as exc:
-            raise InvalidDatasetError(f"cannot read parquet dataset {path}: {exc}") from None
-    if fmt is None:
-        raise InvalidDatasetError(
-            f"cannot read records from {path}: unsupported format {path.suffix or '(no suffix)'!r}",
-            hint="use .jsonl, .json, .csv, .txt or .parquet, or a directory saved with datasets' save_to_disk",
-        )
-    try:
-        return list(read_texts(path))
-    except UnicodeDecodeError:
-        raise InvalidDatasetError(f"dataset {path} is not UTF-8 text", hint="re-encode it as UTF-8") from None
-    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
-        raise InvalidDatasetError(f"dataset {path} is malformed: {str(exc)[:200]}", hint="fix the file and retry") from None
-    except OSError as exc:
-        raise InvalidDatasetError(f"cannot read dataset {path}: {exc.strerror or exc}") from None
-
-
-def _read_saved_dataset(path: Path) -> list[Any]:
-    if not ((path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-        raise InvalidDatasetError(
-            f"directory {path} is not a dataset saved with datasets' save_to_disk (no state.json or dataset_dict.json)",
-            hint="pass a data file (.jsonl, .json, .csv, .txt, .parquet) or a save_to_disk directory",
-        )
-    if importlib.util.find_spec("datasets") is None:
-        raise DependencyMissingError(
-            f"{path} is a Hugging Face `datasets` directory, and reading it needs the `datasets` package",
-            hint="pip install datasets, or export the data to JSONL (Dataset.to_json)",
-        )
-    import datasets  # type: ignore[import-not-found]  # optional, checked above
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:
-        raise InvalidDatasetError(f"cannot load the saved dataset {path}: {exc}") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise InvalidDatasetError(
-                f"{path} holds the splits {', '.join(loaded)} but no 'train' split",
-                hint="pass the directory of one split (DatasetDict[...].save_to_disk)",
-            )
-        loaded = loaded["train"]
-    return list(loaded.to_list())
-
-
-def split_heldout(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split ``examples`` into ``(train, held_out)``; ``round(fraction * n)`` held out (at least 1).
-
-    The held-out rows are picked by a permutation seeded by ``seed`` and kept in file order. Raises
-    :class:`UsageError` for a fraction outside [0, 1) or data too small to split.
-    """
-    if not 0 <= fraction < 1:
-        raise UsageError(f"--eval-split must be in [0, 1), got {fraction}", hint="for example --eval-split 0.1")
-    if fraction == 0:
-        return list(examples), []
-    n = len(examples)
-    k = max(1, round(fraction * n))
-    if n - k < 1:
-        raise UsageError(
-            f"cannot hold out {fraction:.0%} of {n} record(s) and still train on one",
-            hint="add records, or pass --eval-split 0 or --eval-dataset PATH",
-        )
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    held = set(order[:k])
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
-
-
-def examples_jsonl(examples: Sequence[Example]) -> bytes:
-    """The canonical JSON-lines bytes of ``examples`` (their digest identifies a held-out split)."""
-    return b"".join(canonical_json(e.record()) + b"\n" for e in examples)
-
-
-def write_examples_jsonl(examples: Sequence[Example], path: Path | str) -> DatasetInfo:
-    """Write ``examples`` as canonical JSON lines to ``path`` (atomically); return its identity."""
-    data = examples_jsonl(examples)
-    path = Path(path)
-    atomic_write_bytes(path, data)
-    return DatasetInfo(digest=PREFIX + sha256_bytes(data), name=path.name, format="jsonl", records=len(examples), size=len(data))
-
-
-def heldout_split_name(fraction: float) -> str:
-    """``heldout-10%`` for 0.1: the split name recorded with held-out eval scores."""
-    pct = f"{fraction * 100:.4f}".rstrip("0").rstrip(".")
-    return f"heldout-{pct}%"
-
-
-def check_template(template: str | None) -> None:
-    """Raise :class:`UsageError` unless ``template`` is None or contains ``{prompt}``."""
-    if template is not None and "{prompt}" not in template:
-        raise UsageError(
-            f"invalid template {template[:60]!r}: it must contain the placeholder {{prompt}}",
-            hint="for example --template 'Human: {prompt}\\n\\nAssistant: '",
-        )
-
-
-def apply_template(template: str | None, text: str) -> str:
-    """Format ``text`` with ``template`` (``{prompt}`` replaced; other braces are left alone)."""
-    if not template:
-        return text
-    return template.replace("{prompt}", text)
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of one example and its labels (-100 where no loss is taken)."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-
-def encode_examples(
-    examples: Sequence[Example],
-    tokenizer: Any,
-    *,
-    template: str | None,
-    max_length: int,
-    seq2seq: bool,
-) -> tuple[list[Encoded], int]:
-    """Tokenize examples for training or evaluation; returns ``(encoded, dropped)``.
-
-    Causal LM: a text example is ``tokens(template(text)) + eos``, all learned; a prompt/completion
-    example is ``tokens(template(prompt)) + tokens(completion) + eos`` with the prompt's labels -100.
-    Seq2seq: the input is ``template(prompt or text)``, the labels ``completion or text`` (+ eos).
-    Sequences are truncated to ``max_length``; an example left without a target token is dropped
-    and counted in ``dropped``.
-    """
-    eos = tokenizer.eos_token_id
-    out: list[Encoded] = []
-    dropped = 0
-    for ex in examples:
-        source = apply_template(template, ex.prompt if ex.prompt is not None else ex.target)
-        if seq2seq:
-            ids = _with_eos(tokenizer(source)["input_ids"], eos)[:max_length]
-            labels = _with_eos(tokenizer(ex.target)["input_ids"], eos)[:max_length]
-        elif ex.prompt is None:
-            ids = _with_eos(tokenizer(source)["input_ids"], eos)[:max_length]
-            labels = list(ids)
-        else:
-            head = list(tokenizer(source)["input_ids"])
-            tail = _with_eos(tokenizer(ex.target, add_special_tokens=False)["input_ids"], eos)
-            ids = (head + tail)[:max_length]
-            labels = ([IGNORE_INDEX] * len(head) + tail)[:max_length]
-        if not ids or all(t == IGNORE_INDEX for t in labels):
-            dropped += 1
-            continue
-        out.append(Encoded(list(ids), list(labels)))
-    return out, dropped
-
-
-def _with_eos(ids: Sequence[int], eos: int | None) -> list[int]:
-    ids = list(ids)
-    if eos is not None and (not ids or ids[-1] != eos):
-        ids.append(eos)
-    return ids
-
-
-def pad_batch(items: Sequence[Encoded | Mapping[str, Sequence[int]]], pad_id: int, *, seq2seq: bool) -> dict[str, torch.Tensor]:
-    """Right-pad examples into ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
-    import torch
-
-    pairs = [(list(i.input_ids), list(i.labels)) if isinstance(i, Encoded) else (list(i["input_ids"]), list(i["labels"])) for i in items]
-    n_in = max(len(ids) for ids, _ in pairs)
-    n_out = max(len(lab) for _, lab in pairs) if seq2seq else n_in
-    return {
-        "input_ids": torch.tensor([ids + [pad_id] * (n_in - len(ids)) for ids, _ in pairs], dtype=torch.long),
-        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (n_in - len(ids)) for ids, _ in pairs], dtype=torch.long),
-        "labels": torch.tensor([lab + [IGNORE_INDEX] * (n_out - len(lab)) for _, lab in pairs], dtype=torch.long),
-    }
-
-
-def mean_token_loss(
-    model: Any, encoded: Sequence[Encoded], *, pad_id: int, seq2seq: bool, batch_size: int = 8,
-    device: Any = None,
-) -> tuple[float, int]:
-    """Mean cross-entropy per target token (nats) of ``model`` on ``encoded``; returns ``(loss, tokens)``.
-
-    Batches go to ``device``, by default the device the model's weights are on.
-
-    Computed from the logits, summed over every target token of every example and divided once,
-    so batching does not change it. For causal prompt-learning models the virtual-token positions
-    are label -100, as in PEFT's training loss: the last virtual token predicts the first real one.
-    Raises :class:`UsageError` when no example has a target token.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if device is None:
-        device = next(model.parameters()).device
-    total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
-                batch = {k: v.to(device) for k, v in pad_batch(encoded[start : start + batch_size], pad_id, seq2seq=seq2seq).items()}
-                labels = batch["labels"]
-                if seq2seq:
-                    logits = model(**batch).logits
-                else:
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    extra = logits.shape[1] - labels.shape[1]
-                    if extra > 0:  # virtual tokens prepended by prompt tuning / p-tuning
-                        pad = torch.full((labels.shape[0], extra), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
-                        labels = torch.cat([pad, labels], dim=1)
-                    logits, labels = logits[:, :-1], labels[:, 1:]
-                n = int(labels.ne(IGNORE_INDEX).sum())
-                if n == 0:
-                    continue
-                loss = F.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-                )
-                total += float(loss)
-                count += n
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise UsageError("the eval examples have no target tokens to score", hint="pass longer texts or a larger --max-length")
-    return total / count, count
-
-
-# ---------------------------------------------------------------------------------------------
-# Environment
-
-
-def _require_ml() -> None:
-    missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise DependencyMissingError(
-            f"training and evaluation need {', '.join(missing)}",
-            hint="install the ML extra: pip install 'softprompt-registry[ml]'",
-        )
-
-
-def select_device(requested: str = "auto") -> str:
-    """``cuda`` when requested or (for ``auto``) available, else ``cpu``. Raises :class:`UsageError`."""
-    import torch
-
-    if requested not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"unknown device {requested!r}", hint="choose auto, cpu or cuda")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is available", hint="use --device auto or cpu")
-    if requested == "cpu":
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def describe_device(device: str) -> str:
-    """``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what the run is recorded to have used."""
-    import torch
-
-    if device.startswith("cuda"):
-        index = torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of python, torch, transformers, peft (and accelerate when installed)."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "accelerate"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence transformers' per-load progress bars, info logs and known library warnings."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            # PEFT 0.21 calls a transformers method deprecated in 5.x; not ours to fix.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            warnings.filterwarnings("ignore", message="Position ids are not supported.*", category=UserWarning)
-            warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`.*")
-            hf_logging.set_verbosity(max(verbosity, hf_logging.ERROR))
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def load_base_model(spec: str, info: BaseModelInfo | None = None) -> tuple[Any, Any, bool]:
-    """Load the base model and tokenizer named by ``spec`` (a directory or ``REPO[@REV]``) in float32.
-
-    Returns ``(model, tokenizer, is_encoder_decoder)``. ``trust_remote_code`` is never set: a base
-    that needs its own code is refused by transformers. The tokenizer gets a pad token (its eos)
-    when it has none. Raises :class:`InvalidBaseModelError` when either cannot be loaded.
-    """
-    import torch
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-    )
-
-    from registry.adapters import basemodel
-
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        # Outside the try below: InvalidBaseModelError is a ValueError and would be re-worded there.
-        basemodel.require_safetensors(path)  # a pickled checkpoint is refused, never unpickled
-    try:
-        if path.is_dir():
-            source = str(path.resolve())
-        else:
-            source = _download_base(spec, info)
-        with quiet():
-            config = AutoConfig.from_pretrained(source)
-            seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-            cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-            model = cls.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        if not path.is_dir():
-            # Name the model as the repo it came from (PEFT records this as base_model_name_or_path).
-            model.config._name_or_path = model.name_or_path = spec.partition("@")[0]
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidBaseModelError(
-            f"cannot load base model {spec!r} with transformers: {str(exc).splitlines()[0][:300]}",
-            hint="pass a directory saved with save_pretrained (config, weights, tokenizer) or a Hub repo you can reach",
-        ) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.pad_token_id is None:
-        raise InvalidBaseModelError(f"the tokenizer of {spec!r} has neither a pad nor an eos token", hint="use a tokenizer with an eos token")
-    return model, tokenizer, seq2seq
-
-
-def _download_base(spec: str, info: BaseModelInfo | None) -> str:
-    """Fetch a Hub base at the commit its identity was measured at; return the local snapshot."""
-    from huggingface_hub import snapshot_download
-
-    name, _, revision = spec.partition("@")
-    pinned = info.revision if info is not None and info.revision else (revision or None)
-    try:
-        with quiet():
-            return str(snapshot_download(
-                name, revision=pinned, endpoint=settings.hub_endpoint(), token=settings.hub_token(),
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
-            ))
-    except Exception as exc:
-        raise HubError(
-            # Redact before truncating: a server may echo the Authorization header it was sent.
-            f"cannot download base model {name}@{pinned or 'main'} from {settings.hub_endpoint()}: "
-            f"{settings.redact_token(str(exc))[:200]}",
-            hint="check the network, HF_ENDPOINT and HF_TOKEN, or pass a local directory",
-        ) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-@dataclass
-class TrainConfig:
-    """What to train. ``None`` means "the default", or, with ``parent``, "as the parent"."""
-
-    dataset: Path
-    base_model: str | None = None  # default with a parent: its recorded base, if a local dir that exists
-    method: str | None = None  # prompt-tuning (default) | p-tuning | prefix-tuning | lora
-    virtual_tokens: int | None = None  # default 4, or the init text's token count for TEXT init
-    init: str | None = None  # random (default) | text | sample-vocab (prompt tuning only)
-    init_text: str | None = None
-    epochs: float = DEFAULT_EPOCHS
-    lr: float = DEFAULT_LR
-    batch_size: int = DEFAULT_BATCH_SIZE
-    max_length: int = DEFAULT_MAX_LENGTH
-    seed: int = DEFAULT_SEED
-    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    eval_split: float | None = None  # default 0.1 (unless eval_dataset is given)
-    eval_dataset: Path | None = None
-    text_column: str | None = None
-    parent: str | None = None
-    template: str | None = None  # default "{prompt}", or the parent's template
-    lora_r: int = 8
-    lora_alpha: int | None = None  # default 2 * r
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ()  # default: PEFT's choice for the architecture
-    device: str = "auto"
-    allow_different_base: bool = False  # a parent recorded on another base (logged)
 
 
 @dataclass(frozen=True)
@@ -708,28 +204,6 @@ def train_and_publish(
     )
 
 
-@dataclass
-class _Plan:
-    """Everything decided before the model is loaded."""
-
-    peft_type: str
-    method: str
-    init: str | None
-    virtual_tokens: int | None
-    template: str
-    base_spec: str
-    base_info: BaseModelInfo
-    data: LoadedData
-    train_examples: list[Example]
-    eval_examples: list[Example]
-    eval_info: DatasetInfo | None
-    eval_split_name: str | None
-    eval_fraction: float | None
-    parent: VersionInfo | None
-    db: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 def _run(
     config: TrainConfig,
     *,
@@ -743,12 +217,12 @@ def _run(
     author: str | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
-    _require_ml()
+    require_ml()
     if output_dir is not None and output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise UsageError(f"output directory {output_dir} exists and is not empty", hint="choose a new directory")
     work = None
     try:
-        plan = _plan(config, db=db)
+        plan = make_plan(config, db=db)
         work = Path(tempfile.mkdtemp(prefix="train-", dir=_tmp_root()))
         outcome = _train_in(config, plan, work, progress=progress, callbacks=callbacks)
         adapter_dir = work / "adapter"
@@ -820,153 +294,7 @@ def _tmp_root() -> Path:
     return root
 
 
-def _plan(config: TrainConfig, *, db: str | None) -> _Plan:
-    """Check every input and measure the identities before anything heavy is loaded."""
-    from registry import catalogue
-    from registry.adapters import basemodel
-
-    timings: dict[str, float] = {}
-    for label, value, low in (("--epochs", config.epochs, 0), ("--lr", config.lr, 0)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
-            raise UsageError(f"{label} must be a positive number, got {value}")
-    for label, ivalue in (("--batch-size", config.batch_size), ("--max-length", config.max_length)):
-        if ivalue < 1:
-            raise UsageError(f"{label} must be at least 1, got {ivalue}")
-    if config.max_steps is not None and config.max_steps < 0:
-        raise UsageError(f"--max-steps must be >= 0, got {config.max_steps}")
-    if config.eval_split is not None and config.eval_dataset is not None:
-        raise UsageError("give --eval-split or --eval-dataset, not both")
-    if config.template is not None:
-        check_template(config.template)
-
-    parent = None
-    if config.parent:
-        t0 = time.perf_counter()
-        parent = catalogue.get_version(config.parent, db=db)
-        timings["parent"] = time.perf_counter() - t0
-    method, peft_type, init, virtual_tokens = _resolve_method(config, parent)
-    template = config.template if config.template is not None else (parent.template if parent and parent.template else DEFAULT_TEMPLATE)
-
-    base_spec = config.base_model or _recorded_local_base(parent)
-    t0 = time.perf_counter()
-    base_facts = basemodel.inspect(base_spec)
-    timings["identify"] = time.perf_counter() - t0
-    if parent is not None:
-        _check_parent_fits(parent, base_facts, allow_different_base=config.allow_different_base, db=db)
-
-    t0 = time.perf_counter()
-    data = load_examples(config.dataset, text_column=config.text_column)
-    timings["dataset"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    eval_info: DatasetInfo | None = None
-    split_name: str | None = None
-    fraction: float | None = None
-    if config.eval_dataset is not None:
-        eval_data = load_examples(config.eval_dataset, text_column=config.text_column)
-        if eval_data.kind != data.kind:
-            raise UsageError(
-                f"the eval dataset has {eval_data.kind} records but the training data has {data.kind} records",
-                hint="use the same columns in both",
-            )
-        train_examples, eval_examples = list(data.examples), list(eval_data.examples)
-        eval_info = eval_data.info
-    else:
-        fraction = DEFAULT_EVAL_SPLIT if config.eval_split is None else config.eval_split
-        train_examples, eval_examples = split_heldout(data.examples, fraction, config.seed)
-        if eval_examples:
-            raw = examples_jsonl(eval_examples)
-            split_name = heldout_split_name(fraction)
-            eval_info = DatasetInfo(
-                digest=PREFIX + sha256_bytes(raw), name=f"{data.info.name}#{split_name}", format="jsonl",
-                records=len(eval_examples), size=len(raw),
-            )
-    timings["heldout"] = time.perf_counter() - t0
-    return _Plan(
-        peft_type=peft_type, method=method, init=init, virtual_tokens=virtual_tokens, template=template,
-        base_spec=base_spec, base_info=base_facts.info, data=data, train_examples=train_examples,
-        eval_examples=eval_examples, eval_info=eval_info, eval_split_name=split_name, eval_fraction=fraction,
-        parent=parent, db=db, timings=timings,
-    )
-
-
-def _resolve_method(config: TrainConfig, parent: VersionInfo | None) -> tuple[str, str, str | None, int | None]:
-    """(method, PEFT type, init, virtual tokens) from the options, or from the parent."""
-    if config.method is not None and config.method not in METHODS:
-        raise UsageError(f"unknown method {config.method!r}", hint=f"choose one of {', '.join(METHODS)}")
-    if config.init is not None and config.init not in INITS:
-        raise UsageError(f"unknown init {config.init!r}", hint=f"choose one of {', '.join(INITS)}")
-    if parent is not None:
-        by_type = {v: k for k, v in METHODS.items()}
-        method = by_type.get(parent.peft_type)
-        if method is None:
-            raise UsageError(f"cannot continue training a {parent.peft_type} adapter", hint="train a new one without --parent")
-        if config.method is not None and config.method != method:
-            raise UsageError(
-                f"--method {config.method} differs from the parent {parent.ref}, which is {method}",
-                hint="drop --method: a continued run keeps the parent's method",
-            )
-        if config.virtual_tokens is not None and config.virtual_tokens != parent.num_virtual_tokens:
-            raise UsageError(
-                f"--virtual-tokens {config.virtual_tokens} differs from the parent's {parent.num_virtual_tokens}",
-                hint="drop --virtual-tokens: a continued run keeps the parent's shape",
-            )
-        if config.init is not None or config.init_text is not None:
-            raise UsageError("--init and --init-text do not apply with --parent: training starts from the parent's weights")
-        if parent.peft_type == "P_TUNING" or (parent.peft_type == "PREFIX_TUNING" and parent.peft_config.get("prefix_projection")):
-            raise UsageError(
-                f"cannot continue training {parent.ref}: PEFT saves a {parent.peft_type} adapter's encoder output, "
-                "not its encoder, so the parent's trainable weights are not in the published files",
-                hint="continue from a prompt-tuning, prefix-tuning (without projection) or LoRA parent, or train anew",
-            )
-        return method, parent.peft_type, parent.init_method, parent.num_virtual_tokens
-    method = config.method or "prompt-tuning"
-    peft_type = METHODS[method]
-    init = config.init
-    if peft_type == "PROMPT_TUNING":
-        init_name = INITS[init or ("text" if config.init_text else "random")]
-        if init_name == "TEXT" and not config.init_text:
-            raise UsageError("--init text needs --init-text TEXT", hint="for example --init-text 'You are a warm motivational coach.'")
-        if init_name != "TEXT" and config.init_text:
-            raise UsageError(f"--init-text is used only with --init text (init is {init})", hint="add --init text")
-    else:
-        if init not in (None, "random") or config.init_text:
-            raise UsageError(f"--init/--init-text apply to prompt tuning only; {method} starts from random weights")
-        init_name = None
-    if peft_type == "LORA":
-        if config.virtual_tokens is not None:
-            raise UsageError("--virtual-tokens does not apply to LoRA", hint="use --lora-r")
-        return method, peft_type, None, None
-    if config.virtual_tokens is not None and config.virtual_tokens < 1:
-        raise UsageError(f"--virtual-tokens must be at least 1, got {config.virtual_tokens}")
-    virtual = config.virtual_tokens
-    if virtual is None and init_name != "TEXT":
-        virtual = DEFAULT_VIRTUAL_TOKENS
-    return method, peft_type, init_name, virtual
-
-
-def _recorded_local_base(parent: VersionInfo | None) -> str:
-    recorded = parent.base_model if parent is not None else None
-    if recorded is not None and recorded.source == "local" and Path(recorded.name).is_dir():
-        return recorded.name
-    raise UsageError(
-        "--base-model is required" + (" (the parent's recorded base is not a local directory here)" if parent else ""),
-        hint="pass --base-model DIR or REPO[@REV]",
-    )
-
-
-def _check_parent_fits(parent: VersionInfo, base_facts: Any, *, allow_different_base: bool, db: str | None) -> None:
-    """Refuse a parent that does not fit the base (or whose stored bytes changed), before training."""
-    from registry.ml import loading
-
-    report = loading.verify(
-        f"{parent.full_name}@{parent.digest}", base_facts, db=db, allow_different_base=allow_different_base,
-        via="train --parent",
-    )
-    report.raise_if_incompatible()
-
-
-def _build_model(config: TrainConfig, plan: _Plan, model: Any, tokenizer: Any, seq2seq: bool, work: Path) -> Any:
+def _build_model(config: TrainConfig, plan: Plan, model: Any, tokenizer: Any, seq2seq: bool, work: Path) -> Any:
     """The PEFT model to train: fresh from the options, or started from the parent's weights."""
     import peft
 
@@ -1065,6 +393,7 @@ def make_trainer(
     total_steps: int,
     progress: ProgressCallback | None = None,
     callbacks: Sequence[Any] = (),
+    lr_scheduler: str | None = None,
 ) -> tuple[Any, TrainingLog]:
     """The ``transformers.Trainer`` that ``spr train`` runs, and the log it fills.
 
@@ -1072,6 +401,7 @@ def make_trainer(
     logged every step up to :data:`MAX_CURVE_POINTS` points), a padding collator that counts
     tokens, and a callback that records the loss curve and step times, reports progress and stops a
     diverged run (:class:`UsageError`). Exposed so the benchmark measures exactly this trainer.
+    ``lr_scheduler`` overrides transformers' schedule (``"constant"`` for :func:`train_steps`).
     """
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -1087,7 +417,7 @@ def make_trainer(
         log.batch_tokens.append(n)
         return batch
 
-    class Recorder(TrainerCallback):  # type: ignore[misc]
+    class Recorder(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if logs and "loss" in logs:
                 value = float(logs["loss"])
@@ -1129,6 +459,7 @@ def make_trainer(
         label_names=["labels"],
         dataloader_pin_memory=False,
         dataloader_num_workers=0,
+        lr_scheduler_type=lr_scheduler or "linear",  # "linear" is transformers' default
     )
     train_set = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_encoded]
     with quiet():
@@ -1139,8 +470,44 @@ def make_trainer(
     return trainer, log
 
 
+def train_steps(
+    model: Any,
+    encoded: Sequence[Encoded],
+    *,
+    pad_id: int,
+    seq2seq: bool,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str = "cpu",
+    lr_scheduler: str = "constant",
+) -> list[float]:
+    """Train ``model`` (a PEFT model, or a whole base) for ``steps`` optimizer steps; returns the logged losses.
+
+    The same seeded ``Trainer`` as ``spr train`` (:func:`make_trainer`), with a ``lr_scheduler``
+    schedule (constant by default): the toy models of :mod:`registry.demo` are trained with it, so
+    there is one training loop. Nothing is saved; the model is left in eval mode.
+    """
+    if steps < 1:
+        raise UsageError(f"steps must be at least 1, got {steps}")
+    config = TrainConfig(dataset=Path(os.devnull), lr=lr, batch_size=batch_size, seed=seed, max_steps=steps)
+    with tempfile.TemporaryDirectory(prefix="spr-steps-") as work:
+        trainer, log = make_trainer(
+            model, encoded, config=config, pad_id=pad_id, seq2seq=seq2seq, device=device, output_dir=Path(work),
+            total_steps=steps, lr_scheduler=lr_scheduler,
+        )
+        try:
+            with quiet():
+                trainer.train()
+        finally:
+            _current_step.clear()
+    model.eval()
+    return [value for _, value in log.curve]
+
+
 def _train_in(
-    config: TrainConfig, plan: _Plan, work: Path, *, progress: ProgressCallback | None, callbacks: Sequence[Any]
+    config: TrainConfig, plan: Plan, work: Path, *, progress: ProgressCallback | None, callbacks: Sequence[Any]
 ) -> dict[str, Any]:
     """Load, train, evaluate and save into ``work/adapter``; returns what is recorded."""
     import transformers

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import IO, BinaryIO, Protocol, runtime_checkable
 
 from registry.digest import ProgressCallback
 
@@ -67,7 +67,7 @@ class BlobStore(Protocol):
         ...
 
     def put_stream(
-        self, src: BinaryIO, expected_sha256: str, *, where: str, progress: ProgressCallback | None = None
+        self, src: IO[bytes], expected_sha256: str, *, where: str, progress: ProgressCallback | None = None
     ) -> int:
         """Store the bytes read from ``src``, which must hash to ``expected_sha256``; returns the size.
 
@@ -107,7 +107,18 @@ class BlobStore(Protocol):
         ...
 
     def iter_incomplete(self) -> Iterator[BlobStat]:
-        """Leftovers of interrupted writes (never visible as blobs); gc removes the old ones."""
+        """Leftovers of interrupted writes (never visible as blobs); gc removes the old ones.
+
+        Keys name the leftover relative to :attr:`location` (``f"{location}/{key}"`` is where it is).
+        """
+        ...
+
+    def iter_stray(self) -> Iterator[BlobStat]:
+        """Objects where blobs live that are neither blobs nor leftovers of writes (not spr's).
+
+        Keys are relative to :attr:`location`, as for :meth:`iter_incomplete`. Audit reports them;
+        gc never removes them.
+        """
         ...
 
     def remove(self, sha256: str) -> None:

@@ -8,13 +8,16 @@ Leftover ``.tmp-*`` files from a killed process are invisible to readers and rem
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import secrets
+import stat as stat_module
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, BinaryIO, cast
 
 from registry import settings
 from registry.digest import CHUNK, ProgressCallback, sha256_file
@@ -24,11 +27,10 @@ try:
 except ImportError:  # Windows: no flock; gc then relies on its grace period alone
     fcntl = None  # type: ignore[assignment]
 from registry.errors import DigestMismatchError, IntegrityError, NotFoundError
-
-if TYPE_CHECKING:
-    from registry.storage import BlobStat
+from registry.storage import BlobStat  # defined before registry.storage imports this module
 
 TMP_PREFIX = ".tmp-"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 LOCK_NAME = ".gc.lock"
 
 
@@ -50,11 +52,11 @@ class LocalBlobStore:
         return self.path(sha256).is_file()
 
     def stat(self, sha256: str) -> BlobStat | None:
-        from registry.storage import BlobStat
-
         try:
             st = self.path(sha256).stat()
         except OSError:
+            return None
+        if not stat_module.S_ISREG(st.st_mode):  # a directory under a blob's name is no blob
             return None
         return BlobStat(sha256, st.st_size, st.st_mtime)
 
@@ -108,7 +110,7 @@ class LocalBlobStore:
         return digest, size
 
     def put_stream(
-        self, src: BinaryIO, expected_sha256: str, *, where: str, progress: ProgressCallback | None = None
+        self, src: IO[bytes], expected_sha256: str, *, where: str, progress: ProgressCallback | None = None
     ) -> int:
         """Store the bytes read from ``src``, which must hash to ``expected_sha256``; returns the size.
 
@@ -258,38 +260,46 @@ class LocalBlobStore:
                     yield blob.name, blob
 
     def iter_blobs(self) -> Iterator[BlobStat]:
-        from registry.storage import BlobStat
+        """Every complete blob: a regular file named by a sha256 in its two-letter shard."""
+        for name, path, st in self._iter_named():
+            if _is_blob(name, path, st):
+                yield BlobStat(name, st.st_size, st.st_mtime)
 
+    def iter_stray(self) -> Iterator[BlobStat]:
+        """Files in the shards that are neither blobs nor temp files (keys relative to the root)."""
+        for name, path, st in self._iter_named():
+            if not _is_blob(name, path, st):
+                yield BlobStat(path.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+
+    def _iter_named(self) -> Iterator[tuple[str, Path, os.stat_result]]:
         for name, path in self.iter_blob_paths():
             try:
                 st = path.stat()
             except OSError:
                 continue
-            yield BlobStat(name, st.st_size, st.st_mtime)
+            yield name, path, st
 
     def iter_temp_files(self) -> Iterator[Path]:
         """Leftovers of interrupted writes (local stores only)."""
         base = self.root / "sha256"
         if not base.is_dir():
             return
-        for p in base.rglob(f"{TMP_PREFIX}*"):
-            yield p
+        yield from base.rglob(f"{TMP_PREFIX}*")
 
     def iter_incomplete(self) -> Iterator[BlobStat]:
-        from registry.storage import BlobStat
-
-        base = self.root / "sha256"
+        """Leftovers of interrupted writes; keys are paths relative to the root (``sha256/.tmp-…``)."""
         for p in self.iter_temp_files():
             try:
                 st = p.stat()
             except OSError:
                 continue
-            yield BlobStat(str(p.relative_to(base)), st.st_size, st.st_mtime)
+            yield BlobStat(p.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
 
     def remove_incomplete(self, key: str) -> None:
+        """Delete a leftover named by :meth:`iter_incomplete`; a key naming anything else is ignored."""
         base = (self.root / "sha256").resolve()
-        target = (base / key).resolve()
-        if (target.parent != base and target.parent.parent != base) or not target.name.startswith(TMP_PREFIX):
+        target = (self.root / key).resolve()
+        if base not in target.parents or not target.name.startswith(TMP_PREFIX):
             return  # not a leftover of ours: never delete outside the store
         target.unlink(missing_ok=True)
 
@@ -298,6 +308,10 @@ class LocalBlobStore:
         if p.exists():
             os.chmod(p, 0o644)
             p.unlink()
+
+
+def _is_blob(name: str, path: Path, st: os.stat_result) -> bool:
+    return bool(_HEX64.fullmatch(name)) and path.parent.name == name[:2] and stat_module.S_ISREG(st.st_mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -317,11 +331,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _hashing_copy(src: BinaryIO, directory: Path, progress: ProgressCallback | None) -> tuple[Path, str, int]:
+def _hashing_copy(src: IO[bytes], directory: Path, progress: ProgressCallback | None) -> tuple[Path, str, int]:
     """Stream ``src`` into a new fsynced temp file in ``directory``, hashing on the way.
 
     Returns ``(temp path, sha256, size)``; the caller renames or removes the temp file.
     """
+    # Every stream handed in (files, tar members, HTTP bodies) is an io object with readinto().
+    reader = cast(io.BufferedIOBase, src)
     fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     tmp = Path(name)
     try:
@@ -330,7 +346,7 @@ def _hashing_copy(src: BinaryIO, directory: Path, progress: ProgressCallback | N
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         with os.fdopen(fd, "wb", buffering=0) as dst:
-            while n := src.readinto(buf):
+            while n := reader.readinto(buf):
                 h.update(view[:n])
                 dst.write(view[:n])
                 size += n
