@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bloom_base import build_bloom_base, log  # noqa: E402
+from bloom_base import build_bloom_base, log
 
 
 def write_soft_prompt(out: Path, base: Path, num_virtual_tokens: int, hidden: int, seed: int) -> Path:

@@ -128,6 +128,33 @@ def http(server: dict[str, Any], method: str, path: str, body: bytes | dict[str,
         return status, raw.decode()
 
 
+def raw_post(server: dict[str, Any], path: str, body: bytes, *, chunked: bool = False) -> tuple[int, Any]:
+    """POST over a plain socket: the server may answer (413) and close before the body is all sent."""
+    import socket
+
+    host, port = server["url"].removeprefix("http://").split(":")
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n{framing}\r\nConnection: close\r\n\r\n").encode()
+    if chunked:  # no length announced: the server must count what arrives
+        body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
+                        for i in range(0, len(body), 65536)) + b"0\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        try:
+            sock.sendall(head + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered early; the reply is still in the socket
+        reply = b""
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+    status_line, _, rest = reply.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(payload)
+
+
 def metric(server: dict[str, Any], name: str) -> float:
     status, text = http(server, "GET", "/metrics")
     assert status == 200
@@ -229,10 +256,21 @@ def test_chat_completions(server: dict[str, Any]) -> None:
     ],
 )
 def test_bad_input_is_refused_with_a_message(server: dict[str, Any], body: Any, status: int, needle: str) -> None:
-    got, answer = http(server, "POST", "/v1/completions", body)
+    if status == 413:
+        got, answer = raw_post(server, "/v1/completions", body)
+    else:
+        got, answer = http(server, "POST", "/v1/completions", body)
     assert got == status, answer
     assert needle in answer["error"]["message"]
     assert http(server, "GET", "/health", token=None)[0] == 200
+
+
+def test_body_over_1_mib_without_a_length_is_413(server: dict[str, Any]) -> None:
+    body = b'{"model": "team/a@1", "prompt": "' + b"x" * (1024 * 1024 + 10) + b'"}'
+    status, answer = raw_post(server, "/v1/completions", body, chunked=True)
+    assert status == 413 and "1 MiB" in answer["error"]["message"]
+    status, answer = raw_post(server, "/v1/completions", b'{"model": "team/zzz@1", "prompt": "hi"}', chunked=True)
+    assert status == 404  # a small chunked body is read normally
 
 
 def test_tokens_are_required(server: dict[str, Any]) -> None:

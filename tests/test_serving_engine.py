@@ -42,29 +42,6 @@ NEW_TOKENS = 10
 # ---------------------------------------------------------------------------------------------
 
 
-def _qwen2_base(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A tiny Qwen2 (RoPE, GQA, tied embeddings) built from ``Qwen2Config`` and saved with its tokenizer."""
-    import shutil
-
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.1,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).eval()
-    out.mkdir(parents=True)
-    model.save_pretrained(str(out))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, out / name)
-    return out
-
-
 def _soft_prompt(base: Path, out: Path, peft_type: str, num_virtual_tokens: int, seed: int) -> Path:
     """A real PEFT adapter (random init) made with get_peft_model + save_pretrained on ``base``."""
     import peft
@@ -98,10 +75,9 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> dic
     root = tmp_path_factory.mktemp("serving")
     out: dict[str, dict[str, Path]] = {}
     for arch in ARCHS:
-        if arch == "qwen2":
-            base = _qwen2_base(root / arch / "base", tiny_tokenizer)
-        else:
-            base = toymodels.make_base_model(root / arch / "base", arch=arch, tokenizer_dir=tiny_tokenizer)
+        # qwen2: RoPE with grouped-query attention (2 key/value heads), like the seeds' Qwen2.5
+        kv = {"num_kv_heads": 2} if arch == "qwen2" else {}
+        base = toymodels.make_base_model(root / arch / "base", arch=arch, tokenizer_dir=tiny_tokenizer, **kv)
         out[arch] = {"base": base}
         for key, (kind, n, seed) in KINDS.items():
             out[arch][key] = _soft_prompt(base, root / arch / key, kind, n, seed)

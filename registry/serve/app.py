@@ -133,17 +133,32 @@ def _json_error(exc: ProtocolError) -> JSONResponse:
     return JSONResponse(protocol.error_body(exc), status_code=exc.status, headers=headers)
 
 
+async def _drain(request: HttpRequest) -> None:
+    """Read and drop a refused body (up to 8 MiB) so the client reads the 413 instead of a reset connection."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > 8 * protocol.MAX_BODY_BYTES:
+            return
+
+
 async def _read_body(request: HttpRequest) -> dict[str, Any]:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > protocol.MAX_BODY_BYTES:
+        await _drain(request)
         raise ProtocolError(f"request body is {length} bytes; the limit is {protocol.MAX_BODY_BYTES} bytes (1 MiB)", status=413)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in request.stream():  # no or a false Content-Length: count what arrives
         size += len(chunk)
         if size > protocol.MAX_BODY_BYTES:
-            raise ProtocolError(f"request body is over the limit of {protocol.MAX_BODY_BYTES} bytes (1 MiB)", status=413)
+            chunks = []
+            if size > 8 * protocol.MAX_BODY_BYTES:
+                break  # stop reading; the connection may be reset
+            continue  # drop the rest (see _drain)
         chunks.append(chunk)
+    if size > protocol.MAX_BODY_BYTES:
+        raise ProtocolError(f"request body is over the limit of {protocol.MAX_BODY_BYTES} bytes (1 MiB)", status=413)
     return protocol.parse_body(b"".join(chunks))
 
 
