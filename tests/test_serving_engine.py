@@ -25,8 +25,14 @@ from registry.catalogue import PublishOptions
 from registry.demo import toymodels
 from registry.errors import NotFoundError, UsageError
 
-# The engine does not care which catalogue backend answered: the SQLite half runs these.
+# The engine does not care which catalogue backend answers: these tests use their own SQLite file
+# (the default one in the test's SPR_HOME, see own_sqlite_catalogue) and run in the SQLite half only.
 pytestmark = [pytest.mark.slow, pytest.mark.backend_independent]
+
+
+@pytest.fixture(autouse=True)
+def own_sqlite_catalogue(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPR_DATABASE_URL", raising=False)
 
 PROMPTS = [
     "I want you to act as a motivational coach.",
