@@ -271,6 +271,10 @@ def create_app(engine: Any, *, token: str | None = None, max_batch: int = 8, max
             except RegistryError as exc:
                 metrics.request(model, "503")
                 return _json_error(ProtocolError(str(exc), status=503, kind="server_error"))
+            except Exception as exc:  # the batch failed (e.g. out of memory): this request fails, the server stays
+                metrics.request(model, "500")
+                return _json_error(ProtocolError(f"the batch failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                                 status=500, kind="server_error"))
             metrics.request(model, "200")
             build = protocol.chat_response if chat else protocol.completion_response
             return JSONResponse(build(model, served, result.text, _finish(result.finish_reason), result.prompt_tokens,

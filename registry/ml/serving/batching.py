@@ -15,6 +15,7 @@ torch is imported inside the functions only.
 from __future__ import annotations
 
 import inspect
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,8 @@ def _pick(logits: Any, sampling: Sampling, generator: Any) -> int:
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    # the row's generator lives on the CPU, so the draw does too (same numbers on any device)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator).item())
 
 
 def decode_rows(
@@ -132,7 +134,7 @@ def decode_rows(
         gen = None
         if row.sampling.temperature > 0.0:
             gen = torch.Generator(device="cpu")
-            gen.manual_seed(row.sampling.seed if row.sampling.seed is not None else int(torch.seed() % (2**63)))
+            gen.manual_seed(row.sampling.seed if row.sampling.seed is not None else secrets.randbits(63))
         generators.append(gen)
     eos = set(int(t) for t in eos_token_ids)
     embeds, mask, positions = prefill_inputs(model, rows)
