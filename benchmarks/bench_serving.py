@@ -1,7 +1,7 @@
 """Serving many soft prompts (issue 13): the engine's mixed batch vs PEFT's ``set_adapter`` loop.
 
     python benchmarks/bench_serving.py [--sizes 1,2,4,8,16] [--rows 4] [--new-tokens 16]
-        [--bench-dir /tmp/spr-bench] [--quick]
+        [--bench-dir /tmp/spr-bench] [--quick] [--http-clients 32 --http-requests 2]
 
 Base: bloom-560m-shaped (hidden 1024, 24 layers, vocab 250,880, random fp32; see bloom_base.py),
 built once under ``--bench-dir``. Soft prompts: prompt tuning, 8/12/16/20 virtual tokens in turn,
@@ -18,7 +18,9 @@ For each size N (soft prompts):
   prompt-tuning batch on BLOOM; the baseline thus runs its best case, unpadded.
 Both run after a warm-up, in the same process, alternating, one after the other: ratios come from
 one run. Prints a Markdown table (seconds, tokens/s, ratio) and the peak RSS after the engine
-loaded (one base copy plus the soft prompts).
+loaded (one base copy plus the soft prompts). With ``--http-clients N``: ``spr serve`` with up to 8
+of the soft prompts under N concurrent ``openai`` clients, ``--max-batch 1`` (one request per pass)
+vs ``--max-batch N`` (mixed batches): requests/s, p50 and p99 latency.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--bench-dir", default=os.path.join(tempfile.gettempdir(), "spr-bench"))
     parser.add_argument("--quick", action="store_true", help="a hidden-64 toy base (checks the script, not a figure)")
+    parser.add_argument("--http-clients", type=int, default=0,
+                        help="also measure spr serve with this many concurrent clients (--max-batch 1 vs N)")
+    parser.add_argument("--http-requests", type=int, default=2, help="requests per HTTP client")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     bench = Path(args.bench_dir)
@@ -145,6 +150,77 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     for n, r, p_s, e_s, _p_tok, e_tok in rows:
         print(f"| {n} | {r} | {p_s:.2f} | {e_s:.2f} | {e_tok / e_s:.1f} | {p_s / e_s:.2f}x |")
+    if args.http_clients:
+        del engine, peft_model
+        os.environ["SPR_HOME"] = str(home)
+        http_bench(base, refs[: min(8, n_max)], prompts, clients=args.http_clients, requests_each=args.http_requests,
+                   new_tokens=args.new_tokens)
+
+
+def _measure_server(base: Path, refs: list[str], prompts: list[str], *, max_batch: int, clients: int,
+                    requests_each: int, new_tokens: int) -> tuple[float, float, float]:
+    """Start ``spr serve --max-batch max_batch``, run the clients; return (requests/s, p50 s, p99 s)."""
+    import re
+    import statistics
+    import subprocess
+    import threading
+
+    import openai
+
+    spr = str(Path(sys.executable).with_name("spr"))
+    proc = subprocess.Popen([spr, "serve", "--base-model", str(base), *refs, "--port", "0", "--max-batch",
+                             str(max_batch), "--max-wait-ms", "5"], stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr
+    assert stderr is not None
+    url = None
+    for line in stderr:
+        m = re.search(r"listening on (http://\S+) ", line)
+        if m:
+            url = m.group(1)
+            break
+    assert url, "spr serve did not start"
+    threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()
+    api = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for j in range(requests_each):
+            t0 = time.perf_counter()
+            api.completions.create(model=refs[(k + j) % len(refs)], prompt=prompts[(k + j) % len(prompts)],
+                                   max_tokens=new_tokens, temperature=0)
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+
+    try:
+        client(0)  # warm-up
+        latencies.clear()
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    return len(latencies) / wall, statistics.median(latencies), p99
+
+
+def http_bench(base: Path, refs: list[str], prompts: list[str], *, clients: int, requests_each: int,
+               new_tokens: int) -> None:
+    """``spr serve`` under ``clients`` concurrent HTTP clients: --max-batch 1 (no mixing) vs --max-batch clients."""
+    print(f"\nspr serve, {clients} concurrent clients x {requests_each} requests, {len(refs)} soft prompts, "
+          f"{new_tokens} new tokens, greedy\n")
+    print("| server | requests/s | p50 latency (s) | p99 latency (s) |")
+    print("|---|---:|---:|---:|")
+    for max_batch in (1, clients):
+        rps, p50, p99 = _measure_server(base, refs, prompts, max_batch=max_batch, clients=clients,
+                                        requests_each=requests_each, new_tokens=new_tokens)
+        print(f"| --max-batch {max_batch} | {rps:.2f} | {p50:.2f} | {p99:.2f} |")
 
 
 if __name__ == "__main__":
