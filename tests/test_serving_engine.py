@@ -6,10 +6,11 @@ prompt and on the soft prompt: the tests check that), real PEFT adapters saved w
 
 The reference for every row is ``PeftModel.generate`` with that one adapter and that one prompt,
 greedy, ``use_cache=False``. Why not PEFT's cached generate: with PEFT 0.21.2 and transformers 5.25
-the cached path of prompt tuning drifts from the uncached one after a few tokens (both BLOOM and
-Llama; ``test_peft_cached_generate_drift_is_real`` shows it on a row where it happens), while the
-uncached one equals a full recompute of the sequence at every step. The engine equals the uncached
-path token for token.
+the cached path of prompt tuning is wrong (transformers renamed ``past_key_values`` to ``cache``;
+PEFT's ``prepare_inputs_for_generation`` does not see the cache and prepends the soft prompt again at
+every step), so it drifts from the uncached one after a few tokens (BLOOM and Llama;
+``test_peft_cached_generate_drift_is_real``), while the uncached one equals a full recompute of the
+sequence at every step. The engine equals the uncached path token for token.
 """
 
 from __future__ import annotations
