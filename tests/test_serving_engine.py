@@ -88,8 +88,9 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> dic
         out[arch] = {"base": base}
         for key, (kind, n, seed) in KINDS.items():
             out[arch][key] = _soft_prompt(base, root / arch / key, kind, n, seed)
+    for arch in ARCHS:
+        out[arch]["prefix"] = _soft_prompt(out[arch]["base"], root / arch / "prefix", "PREFIX_TUNING", 4, 4)
     bloom = out["bloom"]["base"]
-    out["bloom"]["prefix"] = _soft_prompt(bloom, root / "bloom" / "prefix", "PREFIX_TUNING", 4, 4)
     out["bloom"]["lora"] = _soft_prompt(bloom, root / "bloom" / "lora", "LORA", 0, 5)
     out["bloom"]["lora2"] = _soft_prompt(bloom, root / "bloom" / "lora2", "LORA", 0, 6)
     return out
@@ -121,6 +122,31 @@ def peft_reference(base: Path, adapter: Path, text: str, *, max_new_tokens: int 
             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )
     return [int(t) for t in out[0, enc["input_ids"].shape[1]:]]
+
+
+def peft_forward_reference(base: Path, adapter: Path | None, text: str, *, max_new_tokens: int = NEW_TOKENS) -> list[int]:
+    """Greedy decoding by full recompute through PEFT's own forward (the bare base when ``adapter`` is None).
+
+    The reference for prefix tuning: PEFT's forward applies the prefix, while its ``generate`` with
+    transformers 5.25 does not (``test_peft_prefix_generate_ignores_the_prefix``)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base)).eval()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).eval()
+    ids = list(tok(text)["input_ids"])
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(input_ids=torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long)).logits[0, -1].argmax())
+            out.append(token)
+            ids.append(token)
+            if token == tok.eos_token_id:
+                break
+    return out
 
 
 def engine_for(base: Path, refs: list[str]) -> Any:
@@ -340,8 +366,10 @@ def test_prefix_tuning_and_lora_are_served_grouped(built: dict[str, dict[str, Pa
     results = engine.generate(pairs, max_new_tokens=NEW_TOKENS)
     assert [r.batch_size for r in results] == [1, 1, 2, 1, 2]
     assert list(results[0].token_ids) == peft_reference(paths["base"], paths["pt3"], PROMPTS[0])
-    # prefix tuning and LoRA: PEFT's own path, whose cached generate is the reference
-    assert list(results[1].token_ids) == peft_reference(paths["base"], paths["prefix"], PROMPTS[0], use_cache=True)
+    # prefix tuning: PEFT's forward (full recompute) is the reference; and the prefix matters
+    assert list(results[1].token_ids) == peft_forward_reference(paths["base"], paths["prefix"], PROMPTS[0])
+    assert list(results[1].token_ids) != peft_forward_reference(paths["base"], None, PROMPTS[0])
+    # LoRA: PEFT's cached generate is the reference (LoRA does not go through the broken path)
     assert list(results[2].token_ids) == peft_reference(paths["base"], paths["lora"], PROMPTS[1], use_cache=True)
     assert list(results[3].token_ids) == peft_reference(paths["base"], paths["lora2"], PROMPTS[1], use_cache=True)
     assert list(results[4].token_ids) == peft_reference(paths["base"], paths["lora"], PROMPTS[3], use_cache=True)
@@ -349,6 +377,25 @@ def test_prefix_tuning_and_lora_are_served_grouped(built: dict[str, dict[str, Pa
     engine.remove(lora)
     [r] = engine.generate([(lora2, PROMPTS[1])], max_new_tokens=NEW_TOKENS)
     assert r.token_ids == results[3].token_ids
+
+
+def test_peft_prefix_generate_ignores_the_prefix(built: dict[str, dict[str, Path]]) -> None:
+    """Why prefix rows are not checked against PEFT's generate: it returns the bare base's tokens here."""
+    paths = built["bloom"]
+    bare = peft_forward_reference(paths["base"], None, PROMPTS[0])
+    assert peft_forward_reference(paths["base"], paths["prefix"], PROMPTS[0]) != bare
+    assert peft_reference(paths["base"], paths["prefix"], PROMPTS[0], use_cache=True)[: len(bare)] == bare
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefix_rows_of_different_lengths_in_one_group(arch: str, built: dict[str, dict[str, Path]]) -> None:
+    paths = built[arch]
+    prefix = publish(paths["prefix"], "team/prefix", paths["base"])
+    engine = engine_for(paths["base"], [prefix])
+    results = engine.generate([(prefix, p) for p in PROMPTS], max_new_tokens=NEW_TOKENS)
+    assert [r.batch_size for r in results] == [len(PROMPTS)] * len(PROMPTS)
+    for prompt, result in zip(PROMPTS, results, strict=True):
+        assert list(result.token_ids) == peft_forward_reference(paths["base"], paths["prefix"], prompt), prompt
 
 
 def test_prompt_too_long_names_the_limit(built: dict[str, dict[str, Path]]) -> None:

@@ -115,6 +115,7 @@ def decode_rows(
     *,
     eos_token_ids: Sequence[int] = (),
     on_token: TokenCallback | None = None,
+    prefix: Callable[[int], tuple[Any, int]] | None = None,
 ) -> list[RowOutput]:
     """Run ``rows`` as ONE batch: a shared prefill pass, then one cached step per token.
 
@@ -122,6 +123,10 @@ def decode_rows(
     own ``max_new_tokens``, or when ``on_token`` returns a finish reason for it. Finished rows are
     dropped from the KV cache and the batch, so the work shrinks as rows end. Returns one
     :class:`RowOutput` per row, in order.
+
+    ``prefix`` (prefix tuning) maps a batch size to ``(cache, n)``: a KV cache already holding
+    ``n`` virtual positions for every row. The mask then starts with ``n`` ones and position ids
+    with ``n``, as PEFT's prefix-tuning forward sees them.
     """
     import torch
 
@@ -142,12 +147,18 @@ def decode_rows(
     if len(live) != len(rows):
         keep = torch.tensor(live, dtype=torch.long)
         embeds, mask, positions = embeds[keep], mask[keep], positions[keep]
+    cache = None
+    if prefix is not None and live:
+        cache, virtual = prefix(len(live))
+        mask = torch.cat([torch.ones((len(live), virtual), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        positions = positions + virtual
     kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask, "use_cache": True}
+    if cache is not None:
+        kwargs[cache_name] = cache
     if takes_positions:
         kwargs["position_ids"] = positions
     if takes_keep:
         kwargs["logits_to_keep"] = 1
-    cache = None
     with torch.no_grad():
         while live:
             out = model(**kwargs)

@@ -9,7 +9,9 @@ stored ones). What is kept afterwards depends on the PEFT type:
   adapter). The PEFT wrapper is dropped: rows for any of these adapters share ONE forward pass on
   the plain base (:func:`registry.ml.serving.batching.decode_rows`).
 * prefix tuning: the PEFT wrapper over the same base object (prompt learning never changes the
-  base's modules); rows are served grouped per adapter with PEFT's own ``generate``.
+  base's modules); rows are served grouped per adapter through the same cached decoding, starting
+  from a KV cache that holds PEFT's own per-layer key/values (``get_prompt``). Not PEFT's
+  ``generate``: with transformers 5.25 it silently drops the prefix (see the README).
 * LoRA: the adapters live in one PEFT model over an in-memory copy of the base (LoRA rewrites the
   modules it targets, so it cannot share the plain base); rows are served grouped per adapter,
   through the same KV-cached decoding as the soft prompts.
@@ -399,7 +401,7 @@ class SoftPromptEngine:
                     self._lora_model.set_adapter(first.slot.name)
                     self._run_decode(self._lora_model.get_base_model(), prepared, indices, results, on_text)
                 else:
-                    self._run_peft_generate(prepared, indices, results, on_text)
+                    self._run_decode(self.model, prepared, indices, results, on_text, prefix=_prefix_of(first.slot))
         return [r for r in results if r is not None]
 
     def _rows_text(self, prepared: Sequence[Prepared], indices: Sequence[int]) -> dict[int, _RowText]:
@@ -434,6 +436,7 @@ class SoftPromptEngine:
     def _run_decode(
         self, model: Any, prepared: Sequence[Prepared], indices: Sequence[int],
         results: list[Completion | None], on_text: EventCallback | None,
+        prefix: Callable[[int], tuple[Any, int]] | None = None,
     ) -> None:
         states = self._rows_text(prepared, indices)
         rows = []
@@ -456,7 +459,7 @@ class SoftPromptEngine:
                 return "cancelled"
             return "stop" if state.stopped else None
 
-        outs = decode_rows(model, rows, eos_token_ids=self.eos_token_ids, on_token=on_token)
+        outs = decode_rows(model, rows, eos_token_ids=self.eos_token_ids, on_token=on_token, prefix=prefix)
         for i, out in zip(indices, outs, strict=True):
             self._finish(prepared[i], states[i], out.token_ids, out.finish_reason, len(indices), results, i, on_text)
 
@@ -479,45 +482,15 @@ class SoftPromptEngine:
             token_ids=tuple(tokens), prompt_tokens=len(p.token_ids), finish_reason=reason, batch_size=batch,
         )
 
-    def _run_peft_generate(
-        self, prepared: Sequence[Prepared], indices: Sequence[int],
-        results: list[Completion | None], on_text: EventCallback | None,
-    ) -> None:
-        """Prefix tuning: PEFT's own generate, one call per adapter and decoding setting."""
-        import torch
 
-        by_setting: dict[tuple[Any, ...], list[int]] = {}
-        for i in indices:
-            r = prepared[i].request
-            by_setting.setdefault((r.max_new_tokens, r.temperature, r.top_p, r.seed), []).append(i)
-        peft_model = prepared[indices[0]].slot.peft_model
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_ids[0]
-        for (max_new, temperature, top_p, seed), group in by_setting.items():
-            length = max(len(prepared[i].token_ids) for i in group)
-            ids = torch.full((len(group), length), pad, dtype=torch.long)
-            mask = torch.zeros((len(group), length), dtype=torch.long)
-            for b, i in enumerate(group):
-                row_ids = prepared[i].token_ids
-                ids[b, length - len(row_ids):] = torch.tensor(row_ids)
-                mask[b, length - len(row_ids):] = 1
-            kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": pad, "eos_token_id": list(self.eos_token_ids)}
-            if temperature > 0:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-            else:
-                kwargs.update(do_sample=False)
-            with torch.no_grad():
-                out = peft_model.generate(input_ids=ids, attention_mask=mask, **kwargs) if max_new > 0 else ids
-            for b, i in enumerate(group):
-                tokens = [int(t) for t in out[b, length:].tolist()]
-                reason = "length"
-                for k, tok in enumerate(tokens):
-                    if tok in self.eos_token_ids:
-                        tokens, reason = tokens[: k + 1], "stop"
-                        break
-                state = _RowText(stop=prepared[i].request.stop)
-                self._finish(prepared[i], state, tokens, reason, len(group), results, i, on_text)
+def _prefix_of(slot: _Slot) -> Callable[[int], tuple[Any, int]]:
+    """Prefix tuning: PEFT's own per-layer key/values for ``batch`` rows (``get_prompt``), and their length."""
+
+    def make(batch: int) -> tuple[Any, int]:
+        peft_model = slot.peft_model
+        return peft_model.get_prompt(batch_size=batch), int(peft_model.peft_config[peft_model.active_adapter].num_virtual_tokens)
+
+    return make
 
 
 def _load_base(base: Any, tokenizer: Any) -> tuple[Any, Any, str]:
