@@ -149,7 +149,7 @@ def peft_forward_reference(base: Path, adapter: Path | None, text: str, *, max_n
     return out
 
 
-def engine_for(base: Path, refs: list[str]) -> Any:
+def engine_for(base: Path | str, refs: list[str]) -> Any:
     from registry.ml.serving import SoftPromptEngine
 
     return SoftPromptEngine(str(base), refs)
@@ -439,3 +439,21 @@ def test_prompt_embeds_is_the_row_the_engine_feeds(built: dict[str, dict[str, Pa
     with pytest.raises(UsageError, match="no chat template"):
         engine.chat_prompt([{"role": "user", "content": "hi"}])
     json.dumps(engine.adapters[a].__dict__)  # plain, JSON-ready facts
+
+
+def test_base_from_a_hub_repo_at_a_revision(built: dict[str, dict[str, Path]], hub_server: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``REPO@REV``: the engine downloads the safetensors snapshot at that commit and serves the same tokens."""
+    from hub_fixtures import HUB_TOKEN
+    from huggingface_hub import HfApi
+
+    paths = built["llama"]
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    api = HfApi(endpoint=hub_server.url, token=HUB_TOKEN)
+    api.create_repo("tester/tiny-llama", exist_ok=True)
+    commit = api.upload_folder(repo_id="tester/tiny-llama", folder_path=str(paths["base"])).oid
+    ref = publish(paths["pt7"], "team/a", paths["base"])
+    remote = engine_for(f"tester/tiny-llama@{commit}", [ref])
+    assert not remote.refused, remote.refused
+    [r] = remote.generate([(ref, PROMPTS[2])], max_new_tokens=NEW_TOKENS)
+    assert list(r.token_ids) == peft_reference(paths["base"], paths["pt7"], PROMPTS[2])
