@@ -110,7 +110,9 @@ class Batcher:
 
             started = time.perf_counter()
             try:
-                results = await run_in_threadpool(self.engine.run, [j.prepared for j in jobs], on_text=on_text)
+                streaming = any(j.stream for j in jobs)  # without a stream, no per-token text is needed
+                results = await run_in_threadpool(self.engine.run, [j.prepared for j in jobs],
+                                                  on_text=on_text if streaming else None)
             except Exception as exc:  # a failed batch fails its requests, never the server
                 for j in jobs:
                     if not j.future.done():
