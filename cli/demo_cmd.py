@@ -179,6 +179,7 @@ def demo(workdir: Path | None) -> None:
         tour.spr("verify", "team/coach@2", "--base-model", str(base))
         tour.spr("generate", "team/coach@2", "--prompt", COACH_PROMPT, "--max-new-tokens", "16", "--repetition-penalty", "1.0")
         _two_tasks_one_base(tour, base)
+        _one_batch(tour, base)
         tour.say("a byte changed on the server reaches a third machine: refused before anything is imported:")
         server.storage.tamper("team/quotes", "adapter_model.safetensors", _flipped(
             server, "team/quotes", "adapter_model.safetensors"))
@@ -251,6 +252,31 @@ def _two_tasks_one_base(tour: Tour, base: Path) -> None:
         tour.say(f"  {ref:<14} -> {greedy()!r}")
     with model.disable_adapter():
         tour.say(f"  {'(base alone)':<14} -> {greedy()!r}")
+
+
+def _one_batch(tour: Tour, base: Path) -> None:
+    """Both soft prompts answered in ONE forward pass by the serving engine, checked against PEFT."""
+    import torch
+
+    from registry.ml import loading
+    from registry.ml.serving import SoftPromptEngine
+
+    refs = ["team/coach@2", "team/quotes@1"]
+    tour.say("the same two soft prompts answered in ONE batch by the serving engine (what 'spr serve' runs):")
+    engine = SoftPromptEngine(str(base), refs)
+    results = engine.generate([(ref, COACH_PROMPT) for ref in refs], max_new_tokens=10)
+    model = loading.load_many(refs, str(base))
+    for ref, result in zip(refs, results, strict=True):
+        # PEFT's own single-adapter generate on the same text (uncached: see README "Serving")
+        model.set_adapter(loading.adapter_name_for(ref))
+        ids = torch.tensor([engine.encode(engine.prompt_text(engine.adapters[ref], COACH_PROMPT))])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10,
+                                 do_sample=False, use_cache=False, eos_token_id=engine.eos_token_ids[0],
+                                 pad_token_id=engine.tokenizer.pad_token_id)
+        same = [int(t) for t in out[0, ids.shape[1]:]] == list(result.token_ids)
+        tour.say(f"  {ref:<14} -> {result.text!r} (batch of {result.batch_size}; "
+                 f"{'same tokens as' if same else 'DIFFERENT from'} PEFT's generate with that adapter alone)")
 
 
 def _flipped(server: object, repo: str, path: str) -> bytes:

@@ -10,6 +10,7 @@ from registry.cli import (  # noqa: F401  (importing registers the commands)
     demo_cmd,
     hub_cmds,
     ops_cmds,
+    serve_cmds,
     train_cmds,
     trust_cmds,
     ui_cmds,

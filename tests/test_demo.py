@@ -34,6 +34,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "token-dim-mismatch" in out and "embedding-fingerprint-differs" in out
     assert "compatible: team/coach@2 fits base model" in out
     assert "[team/coach@2]" in out and "[base model]" in out
+    assert out.count("(batch of 2; same tokens as PEFT's generate with that adapter alone)") == 2
     # Pushed, locked, synced and pulled on another machine; a tampered byte refused.
     assert "pushed team/coach@2 -> team/coach@v2" in out
     assert "synced 2 adapter(s)" in out

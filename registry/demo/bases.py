@@ -1,4 +1,4 @@
-"""The toy bases: a byte-level BPE tokenizer and tiny seeded ``transformers`` models (bloom, gpt2, llama, t5).
+"""The toy bases: a byte-level BPE tokenizer and tiny seeded ``transformers`` models (bloom, gpt2, llama, qwen2, t5).
 
 Part of :mod:`registry.demo.toymodels` (which re-exports everything public here). Toy examples are
 turned into the library's (:func:`to_examples`) and trained with the library's loop
@@ -39,7 +39,7 @@ SPECIAL_TOKENS: dict[str, str] = {
 }
 """Special tokens of the toy tokenizer; they get ids 0, 1, 2, 3 in this order."""
 
-ARCHITECTURES = ("bloom", "gpt2", "llama", "t5")
+ARCHITECTURES = ("bloom", "gpt2", "llama", "qwen2", "t5")
 """Architectures :func:`make_base_model` can build; ``t5`` is the encoder-decoder one."""
 
 # A training/eval example: plain text, or a prompt/completion pair (loss on the completion only).
@@ -50,7 +50,7 @@ Example: TypeAlias = "str | Mapping[str, str] | tuple[str, str]"
 # soft prompt then yields the same greedy text, and tests could not tell adapters apart. These
 # values were measured to make the next-token argmax depend on the soft prompt while training
 # stays stable. Dropout is off everywhere: a few training steps on a toy should not be noise.
-_INIT_RANGE: dict[str, float] = {"bloom": 0.3, "gpt2": 0.1, "llama": 0.1, "t5": 2.0}
+_INIT_RANGE: dict[str, float] = {"bloom": 0.3, "gpt2": 0.1, "llama": 0.1, "qwen2": 0.1, "t5": 2.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +230,24 @@ def _model_config(
             eos_token_id=eos,
             pad_token_id=pad,
         )
+    if arch == "qwen2":
+        # The seeds use Qwen2.5-0.5B-Instruct: RoPE, grouped-query attention, tied embeddings.
+        from transformers import Qwen2Config
+
+        return Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads or num_heads,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            initializer_range=scale,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
     if arch == "t5":
         from transformers import T5Config
 
@@ -267,6 +285,7 @@ def _model_class(arch: str) -> Any:
         "bloom": "BloomForCausalLM",
         "gpt2": "GPT2LMHeadModel",
         "llama": "LlamaForCausalLM",
+        "qwen2": "Qwen2ForCausalLM",
         "t5": "T5ForConditionalGeneration",
     }
     return getattr(transformers, names[arch])
@@ -292,7 +311,8 @@ def make_base_model(
     """Build a tiny base model with seeded random weights and save it with its tokenizer.
 
     ``arch`` is one of :data:`ARCHITECTURES`: ``bloom`` (``BloomForCausalLM``), ``gpt2``
-    (``GPT2LMHeadModel``), ``llama`` (``LlamaForCausalLM``, tied embeddings) or ``t5``
+    (``GPT2LMHeadModel``), ``llama`` (``LlamaForCausalLM``, tied embeddings), ``qwen2``
+    (``Qwen2ForCausalLM``: RoPE, tied embeddings, the shape of the seeds' Qwen2.5) or ``t5``
     (``T5ForConditionalGeneration``, the encoder-decoder). The weights come from the model's own
     initialisation under ``torch.manual_seed(seed)``: the same arguments give the same tensors
     (and the same ``model.safetensors`` bytes); another seed gives the same shapes with different
@@ -300,7 +320,7 @@ def make_base_model(
     (``initializer_range``, or ``initializer_factor`` for t5); the default is a per-architecture
     value larger than the library's 0.02, so that the untrained model's output depends on its
     context and different soft prompts give different greedy generations. ``num_kv_heads``
-    (llama only) makes a grouped-query-attention model; PEFT sizes prefix-tuning tensors by the
+    (llama and qwen2) makes a grouped-query-attention model; PEFT sizes prefix-tuning tensors by the
     key/value heads, not the width, on such models.
 
     ``pretrain_steps > 0`` trains the whole model (AdamW at ``pretrain_lr``, batches of
@@ -338,9 +358,9 @@ def make_base_model(
             f"hidden_size {hidden_size} must be a positive multiple of num_heads {num_heads}",
             hint="e.g. hidden_size=64, num_heads=4",
         )
-    if num_kv_heads is not None and (arch != "llama" or num_kv_heads <= 0 or num_heads % num_kv_heads):
+    if num_kv_heads is not None and (arch not in ("llama", "qwen2") or num_kv_heads <= 0 or num_heads % num_kv_heads):
         raise UsageError(
-            f"num_kv_heads={num_kv_heads} needs arch='llama' and must divide num_heads {num_heads}",
+            f"num_kv_heads={num_kv_heads} needs arch='llama' or 'qwen2' and must divide num_heads {num_heads}",
             hint="e.g. arch='llama', num_heads=4, num_kv_heads=2",
         )
     if pretrain_steps < 0:

@@ -95,6 +95,7 @@ _LORA_TARGETS: dict[str, list[str]] = {
     "bloom": ["query_key_value"],
     "gpt2": ["c_attn"],
     "llama": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
     "t5": ["q", "v"],
 }
 
