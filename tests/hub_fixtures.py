@@ -38,7 +38,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 from huggingface_hub import constants as hf_constants
 
@@ -90,6 +89,8 @@ def point_client_at(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setattr(hf_constants, "ENDPOINT", url)
     monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    import huggingface_hub.hf_api  # a submodule: not an attribute until imported
+
     monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", url)
 
 

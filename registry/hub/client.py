@@ -238,6 +238,17 @@ class HubClient:
         path = self.cache_dir / folder / "snapshots" / commit_sha / filename
         return path if path.exists() else None
 
+    def known_missing(self, repo_id: str, filename: str, commit_sha: str) -> bool:
+        """True when the HF cache recorded that ``filename`` does not exist at ``commit_sha``.
+
+        ``hf_hub_download`` leaves a ``.no_exist`` marker after a 404 at a pinned commit; a commit
+        never changes, so the answer stays true and no request is needed.
+        """
+        if not SHA1.match(commit_sha):
+            return False
+        folder = "models--" + repo_id.replace("/", "--")
+        return (self.cache_dir / folder / ".no_exist" / commit_sha / filename).exists()
+
     def __repr__(self) -> str:  # never show the token
         return f"HubClient({self.endpoint!r})"
 

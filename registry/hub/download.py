@@ -305,6 +305,8 @@ def record_pull(
 
 def fetch_signature(hub: HubClient, repo_id: str, commit_sha: str) -> bytes | None:
     """``model.sig`` at ``commit_sha`` (bounded), or None when the commit has none."""
+    if hub.known_missing(repo_id, SIGNATURE_FILENAME, commit_sha):
+        return None  # the HF cache already knows this commit has none: no request
     try:
         path = hub.download(
             repo_id, SIGNATURE_FILENAME, commit_sha, limit=MAX_SIGNATURE_BYTES,
