@@ -11,13 +11,12 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 import click
 
 from registry import errors
+from registry.types import json_default
 
 
 @dataclasses.dataclass
@@ -30,19 +29,6 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
-
-
-def json_default(value: Any) -> Any:
-    """Make dataclasses, paths and datetimes JSON-ready."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def emit(app: AppContext, data: Any, render: Callable[[], None]) -> None:

@@ -7,16 +7,8 @@ from datetime import datetime, timezone
 import click
 
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
-from registry.cli.output import hashing_progress
+from registry.cli.output import hashing_progress, human_bytes
 from registry.errors import EXIT_INTEGRITY
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 @cli.group()
@@ -38,7 +30,7 @@ def ls(app: AppContext) -> None:
         for b in items:
             stamp = datetime.fromtimestamp(b.mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             click.echo(f"sha256:{b.key}  {b.size:>12}  {stamp}")
-        click.echo(f"{len(items)} blob(s), {_human(sum(b.size for b in items))} in {store.location}", err=True)
+        click.echo(f"{len(items)} blob(s), {human_bytes(sum(b.size for b in items))} in {store.location}", err=True)
 
     emit(app, {"location": store.location, "blobs": [
         {"sha256": b.key, "size": b.size, "mtime": b.mtime} for b in items
@@ -64,7 +56,7 @@ def verify(app: AppContext, shas: tuple[str, ...]) -> None:
         for line in report.problems:
             click.echo(line)
         click.echo(
-            f"verify: {report.checked} blob(s), {_human(report.bytes)} re-hashed in {report.location}; "
+            f"verify: {report.checked} blob(s), {human_bytes(report.bytes)} re-hashed in {report.location}; "
             f"{len(report.problems)} problem(s), {report.seconds:.2f} s", err=True,
         )
 
@@ -97,7 +89,7 @@ def migrate(app: AppContext, to: str, from_: str | None) -> None:
         for sha in report.damaged:
             click.echo(f"damaged sha256:{sha} (not copied; run 'spr audit' on the source)")
         click.echo(
-            f"migrate: copied {report.copied} blob(s) ({_human(report.bytes_copied)}), {report.skipped} already "
+            f"migrate: copied {report.copied} blob(s) ({human_bytes(report.bytes_copied)}), {report.skipped} already "
             f"there, from {report.source} to {report.target} in {report.seconds:.2f} s", err=True,
         )
 

@@ -8,18 +8,9 @@ import click
 
 from registry.cli.app import AppContext, cli, emit, json_option, pass_app
 from registry.cli.catalogue_cmds import DefaultCommandGroup
-from registry.cli.output import hashing_progress
+from registry.cli.output import hashing_progress, human_bytes
 from registry.errors import EXIT_INTEGRITY
 from registry.ops.defaults import DEFAULT_GRACE_SECONDS  # imports nothing: no SQLAlchemy at start-up
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
 
 MIN_BYTES_FOR_RATE = 64 * 1024 * 1024
 MIN_SECONDS_FOR_RATE = 0.2
@@ -83,7 +74,7 @@ def audit_run(app: AppContext, strict: bool, no_rehash: bool, checkpoint: Path |
         summary = (
             f"audit: {len(report.errors)} error(s), {len(report.warnings)} warning(s); "
             f"{report.versions} versions, {report.files} files, {report.blobs} blobs "
-            f"({_human(report.bytes_hashed)} hashed{hash_rate(report.bytes_hashed, report.seconds)}), "
+            f"({human_bytes(report.bytes_hashed)} hashed{hash_rate(report.bytes_hashed, report.seconds)}), "
             f"{report.events} events, {report.seconds:.2f} s"
         )
         click.echo(summary, err=True)
@@ -169,7 +160,7 @@ def gc(app: AppContext, yes: bool, grace: float) -> None:
             click.echo(f"{verb} blob sha256:{sha}")
         for path in report.temp_files:
             click.echo(f"{verb} temp file {path}")
-        msg = f"gc: {verb} {len(report.blobs)} blob(s) and {len(report.temp_files)} temp file(s), {_human(report.bytes)}"
+        msg = f"gc: {verb} {len(report.blobs)} blob(s) and {len(report.temp_files)} temp file(s), {human_bytes(report.bytes)}"
         if report.kept_recent:
             msg += f"; kept {report.kept_recent} younger than {report.grace_seconds:g} s"
         if report.dry_run and (report.blobs or report.temp_files):
@@ -194,7 +185,7 @@ def backup(app: AppContext, file: Path) -> None:
         report = audits.backup(file, db=app.db, progress=progress)
     emit(app, report, lambda: click.echo(
         f"backup {report.path}: {report.versions} versions, {report.events} events, {report.blobs} blobs "
-        f"({_human(report.bytes)}), schema {report.schema}, {report.seconds:.2f} s"
+        f"({human_bytes(report.bytes)}), schema {report.schema}, {report.seconds:.2f} s"
     ))
 
 

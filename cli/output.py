@@ -70,3 +70,12 @@ def hashing_progress(total_bytes: int, description: str) -> Iterator[ProgressCal
     ) as bar:
         task = bar.add_task(description, total=total_bytes)
         yield lambda n: bar.advance(task, n)
+
+
+def human_bytes(n: float) -> str:
+    """``512 B``, ``1.5 MB``, ``2.0 GB``: decimal units, as disks and the Hub count."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -250,3 +251,18 @@ class SignatureInfo:
     bundle_sha256: str
     signed_by: str
     signed_at: datetime
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for what the API returns: dataclasses to objects, datetimes to ISO
+    text, paths to strings, sets and tuples to lists. The CLI's ``--json`` and the web catalogue's
+    JSON twins both use it, so they stay the same document."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

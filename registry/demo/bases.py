@@ -213,28 +213,13 @@ def _model_config(
             eos_token_id=eos,
             pad_token_id=pad,
         )
-    if arch == "llama":
-        from transformers import LlamaConfig
+    if arch in ("llama", "qwen2"):
+        # Both RoPE with grouped-query attention and tied embeddings; the seeds use
+        # Qwen2.5-0.5B-Instruct, so qwen2 has its own config class and model type.
+        from transformers import LlamaConfig, Qwen2Config
 
-        return LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads or num_heads,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-            initializer_range=scale,
-            bos_token_id=bos,
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )
-    if arch == "qwen2":
-        # The seeds use Qwen2.5-0.5B-Instruct: RoPE, grouped-query attention, tied embeddings.
-        from transformers import Qwen2Config
-
-        return Qwen2Config(
+        config_class = LlamaConfig if arch == "llama" else Qwen2Config
+        return config_class(
             vocab_size=vocab_size,
             hidden_size=hidden_size,
             intermediate_size=hidden_size * 2,

@@ -39,7 +39,7 @@ from registry.hub.format import (
     HubVersion,
 )
 from registry.refs import Ref, parse_ref, split_name
-from registry.storage import BlobStore, open_store
+from registry.storage import BlobStore, atomic_write_bytes, open_store
 from registry.types import FileRecord, HubCopy, VersionInfo
 
 
@@ -366,22 +366,9 @@ def write_to(version: VersionInfo, destination: Path, *, db: str | None) -> Path
     except DependencyMissingError:
         bundle = None  # without model-signing the stored signatures cannot be checked: write none
     if bundle is not None:
-        _write_atomic(written / MANIFEST_FILENAME, trust.manifest_bytes(version))
-        _write_atomic(written / SIGNATURE_FILENAME, bundle.encode("utf-8"))
+        atomic_write_bytes(written / MANIFEST_FILENAME, trust.manifest_bytes(version))
+        atomic_write_bytes(written / SIGNATURE_FILENAME, bundle.encode("utf-8"))
     return written
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".spr-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ check time says which key must have made it.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 from registry import catalogue
 from registry.digest import canonical_json
 from registry.errors import IntegrityError, UsageError
+from registry.storage import atomic_write_bytes
 from registry.trust import signing
 
 FORMAT = "softprompt-registry/checkpoint/v1"
@@ -77,16 +78,9 @@ def write(checkpoint: Checkpoint, destination: Path) -> Path:
     """Write ``checkpoint`` atomically to ``destination`` (temp file, fsync, rename)."""
     data = (json.dumps(checkpoint.document, indent=2, sort_keys=True) + "\n").encode("utf-8")
     destination = Path(destination)
-    fd, tmp = tempfile.mkstemp(prefix=".spr-checkpoint-", dir=destination.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if not destination.parent.is_dir():  # an -o into a folder that does not exist is an error, not a mkdir
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(destination.parent))
+    atomic_write_bytes(destination, data)
     return destination
 
 def encode(checkpoint: Checkpoint) -> str:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
-from datetime import date, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -24,23 +23,10 @@ from starlette.responses import HTMLResponse, Response
 from registry import catalogue, trust
 from registry.errors import UsageError
 from registry.refs import Ref, parse_ref, split_name
-from registry.types import Lineage, VersionInfo
+from registry.types import Lineage, VersionInfo, json_default
 from registry.web import svg
 
 PAGE_SIZE = 50
-
-
-def json_default(value: Any) -> Any:
-    """The same conversions as the CLI's ``--json``: dataclasses to objects, datetimes to ISO text."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 class JSONPage(Response):
